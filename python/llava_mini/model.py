@@ -1,0 +1,429 @@
+"""The reference LLaVA-Mini model: CLIP -> compressor -> projector -> pre-fusion -> LLaMA.
+
+Module and parameter names follow the official checkpoint (``model.vision_tower``,
+``model.mm_projector``, ``model.compressor``, ``model.prefusion_layers``, ``model.layers``,
+``model.embed_tokens``, ``model.norm``, ``lm_head``). The compressor and the pre-fusion
+attention call the library's public ops (``lmini_kernels.compress`` and
+``lmini_kernels.prefusion_attention``) with the model's ``backend`` (``"auto"`` by default,
+``"reference"`` for pure PyTorch end to end), so fused kernels plug in without model changes.
+
+Semantics follow the official code (``llavamini_arch.py``: ``Resampler``,
+``encode_images_mini``, ``prepare_inputs_labels_for_multimodal``) where it differs from
+the paper; see each method's docstring.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+import lmini_kernels
+
+from .clip import CLIPVisionTower
+from .config import IMAGE_TOKEN_INDEX, LlavaMiniConfig, isqrt_exact
+from .llama import KVCache, LlamaDecoderLayer, RMSNorm, RotaryEmbedding, cached_attention
+
+__all__ = ["LlavaMini", "LlavaMiniModel", "Resampler", "retile_hd", "MultimodalInputs"]
+
+
+class Resampler(nn.Module):
+    """The official compressor: C*C learnable queries cross-attend to the CLIP features.
+
+    Parameter names match the official ``Resampler`` (``query``, ``pos_embed``, ``ln_q``,
+    ``ln_kv``, ``attn.in_proj_weight`` ...; ``kv_proj`` only when ``kv_dim != embed_dim``,
+    never the case in the released models). ``attn`` is an ``nn.MultiheadAttention`` used only
+    as the container of the packed in/out projections; the math runs in
+    ``lmini_kernels.compress``. As in the official forward, the *query* positions are the
+    C x C table itself and the *key* positions are that table bicubically resized to the
+    feature grid; values carry no position.
+    """
+
+    def __init__(self, grid_size: int, embed_dim: int, num_heads: int, kv_dim: int | None = None) -> None:
+        super().__init__()
+        self.grid_size, self.embed_dim, self.num_heads = grid_size, embed_dim, num_heads
+        q = grid_size * grid_size
+        self.pos_embed = nn.Parameter(torch.empty(q, embed_dim), requires_grad=False)
+        self.query = nn.Parameter(torch.empty(q, embed_dim))
+        self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False) if kv_dim not in (None, embed_dim) else None
+        self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        self.ln_q = nn.LayerNorm(embed_dim)
+        self.ln_kv = nn.LayerNorm(embed_dim)
+        self.reset_positions()
+
+    @torch.no_grad()
+    def reset_positions(self) -> None:
+        """Fill ``pos_embed`` with the fixed 2D sin-cos table (no-op on the meta device)."""
+        if not self.pos_embed.is_meta:
+            table = lmini_kernels.get_2d_sincos_pos_embed(self.embed_dim, self.grid_size)
+            self.pos_embed.copy_(table.to(self.pos_embed.dtype))
+
+    def forward(
+        self, x: torch.Tensor, *, need_weights: bool = False, backend: str = "auto"
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, N, kv_dim), N a square -> (out (B, C*C, D), head-averaged attn (B, C*C, N) or None)."""
+        pos_k = lmini_kernels.compress_positions(self.pos_embed, x.shape[1]).to(x.dtype)
+        a = self.attn
+        return lmini_kernels.compress(
+            x,
+            self.query,
+            self.pos_embed.to(x.dtype),
+            pos_k,
+            self.ln_q.weight,
+            self.ln_q.bias,
+            self.ln_kv.weight,
+            self.ln_kv.bias,
+            a.in_proj_weight,
+            a.in_proj_bias,
+            a.out_proj.weight,
+            a.out_proj.bias,
+            self.num_heads,
+            kv_proj_weight=None if self.kv_proj is None else self.kv_proj.weight,
+            eps=self.ln_kv.eps,
+            need_weights=need_weights,
+            backend=backend,
+        )
+
+
+def build_projector(in_dim: int, out_dim: int) -> nn.Sequential:
+    """``mlp2x_gelu``: Linear -> GELU -> Linear (keys ``mm_projector.0.*`` and ``mm_projector.2.*``)."""
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+
+def retile_hd(features: torch.Tensor, ratio: int) -> torch.Tensor:
+    """Re-tile ratio*ratio sub-image grids into one big grid, row-major.
+
+    ``features`` (B, ratio*ratio, g*g, D), sub-images in the official split order (row of
+    blocks first, then column) -> (B, (ratio*g)**2, D) where big-grid cell (R, Q) holds
+    sub-image (R // g, Q // g), cell (R % g, Q % g). This is the official
+    ``view(...).transpose(2, 3)`` re-tiling (with its ``split_ratio`` fixed at 1).
+    """
+    b, parts, n, d = features.shape
+    g = isqrt_exact(n)
+    if parts != ratio * ratio:
+        raise ValueError(f"expected {ratio * ratio} sub-images, got {parts}")
+    x = features.reshape(b, ratio, ratio, g, g, d).permute(0, 1, 3, 2, 4, 5)  # (b, bi, r, bj, c, d)
+    return x.reshape(b, ratio * g * ratio * g, d)
+
+
+class MultimodalInputs:
+    """What the LLM receives: padded embeddings, a validity mask and position ids."""
+
+    def __init__(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor) -> None:
+        self.inputs_embeds, self.attention_mask, self.position_ids = inputs_embeds, attention_mask, position_ids
+
+    @property
+    def num_tokens(self) -> torch.Tensor:
+        """Real tokens per sample, (B,)."""
+        return self.attention_mask.sum(-1)
+
+
+class LlavaMiniModel(nn.Module):
+    """``model.*`` of the checkpoint: the LLaMA body plus the multimodal modules."""
+
+    def __init__(self, config: LlavaMiniConfig) -> None:
+        super().__init__()
+        t, v = config.text, config.vision
+        self.embed_tokens = nn.Embedding(t.vocab_size, t.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(t) for _ in range(t.num_layers))
+        self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(t)  # no parameters; shared by LLM and pre-fusion
+        self.vision_tower = CLIPVisionTower(v)
+        self.mm_projector = build_projector(v.hidden_size, t.hidden_size)
+        if config.is_mini:
+            self.prefusion_layers = nn.ModuleList(LlamaDecoderLayer(t) for _ in range(config.prefusion_layers))
+            # official: Resampler(grid_size=C, embed_dim=1024 (= CLIP width), num_heads=8)
+            self.compressor = Resampler(config.compressor_size, v.hidden_size, config.compressor_heads)
+
+
+class LlavaMini(nn.Module):
+    """LLaVA-Mini (or, with ``compressor_size=None``, the LLaVA-v1.5 baseline).
+
+    Stage methods, usable and timeable on their own: :meth:`encode_images` (CLIP),
+    :meth:`compress`, :meth:`project`, :meth:`prefusion`, :meth:`encode_images_mini` (one
+    image or frame through all of these), :meth:`encode_multimodal` (image / HD / video
+    dispatch), :meth:`prepare_inputs` (splice into the text), :meth:`forward` (LLM logits) and
+    :meth:`generate` (greedy decoding with a KV cache).
+
+    Image tensors: ``(B, 3, H, W)``, ``(B, parts, 3, H, W)`` (parts = 1, or ratio**2 + 1
+    for HD, the global view last) or, for video, ``(B, T, parts, 3, H, W)``.
+    """
+
+    def __init__(self, config: LlavaMiniConfig, *, backend: str = "auto") -> None:
+        super().__init__()
+        self.config = config
+        self.backend = backend
+        self.model = LlavaMiniModel(config)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+
+    # ----------------------------------------------------------------- utilities
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @torch.no_grad()
+    def init_random_weights(self, seed: int = 0, std: float = 0.02) -> LlavaMini:
+        """Deterministic random weights: normal(0, std) for matrices and biases, 1 + normal(0, std)
+        for norm scales (not exactly 1, so tests notice a mis-wired norm), the fixed sin-cos
+        table in the compressor. Returns ``self``."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("pos_embed"):
+                continue
+            leaf = name.rsplit(".", 1)[-1]
+            is_norm = any(s in name for s in ("norm", "layernorm", "ln_q", "ln_kv", "layrnorm", "layer_norm"))
+            noise = torch.randn(p.shape, generator=gen) * std
+            p.copy_(noise + 1.0 if is_norm and leaf == "weight" else noise)
+        if self.config.is_mini:
+            self.model.compressor.reset_positions()
+        return self
+
+    @torch.no_grad()
+    def materialize_buffers(self, device: torch.device | str) -> None:
+        """Rebuild the non-persistent buffers (RoPE frequencies) on ``device``, e.g. after
+        loading weights into a model built on the meta device."""
+        self.model.rotary_emb = RotaryEmbedding(self.config.text).to(device)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str,
+        config: LlavaMiniConfig,
+        *,
+        dtype: torch.dtype | None = None,
+        device: str = "cpu",
+        backend: str = "auto",
+    ) -> LlavaMini:
+        """Build on the meta device (no memory, no init) and load a local checkpoint directory."""
+        from .weights import load_weights
+
+        with torch.device("meta"):
+            model = cls(config, backend=backend)
+        load_weights(model, directory)
+        model.to(device=device, dtype=dtype)
+        model.materialize_buffers(device)
+        return model.eval()
+
+    # ------------------------------------------------------------------ stages
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """CLIP: (B, 3, H, W) -> second-to-last layer patch features (B, N, Dv)."""
+        return self.model.vision_tower(pixels.to(self.dtype))
+
+    def compress(self, features: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Compressor on CLIP features (B, N, Dv) -> (B, C*C, Dv) (+ attention map)."""
+        return self.model.compressor(features, need_weights=need_weights, backend=self.backend)
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """mm_projector: (..., Dv) -> (..., hidden)."""
+        return self.model.mm_projector(features)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings; negative ids (the image placeholder) are clamped to 0 as officially."""
+        return self.model.embed_tokens(input_ids.clamp(min=0))
+
+    def prefusion(self, x: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """Run the pre-fusion layers over a whole sequence x (B, S, hidden).
+
+        ``padding_mask`` (B, S), True = padded: those keys are hidden; positions are
+        ``cumsum(not padded) - 1`` (padded ones get 1, as officially); causal attention through
+        ``lmini_kernels.prefusion_attention``. No final norm.
+        """
+        keep = ~padding_mask
+        position_ids = (keep.long().cumsum(-1) - 1).masked_fill(~keep, 1)
+        cos, sin = self.model.rotary_emb(position_ids, x.dtype)
+        attend = functools.partial(
+            lmini_kernels.prefusion_attention, causal=True, key_padding_mask=padding_mask, backend=self.backend
+        )
+        for layer in self.model.prefusion_layers:
+            x = layer(x, cos, sin, attend)
+        return x
+
+    def encode_images_mini(self, images: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image (or frame) per sample through CLIP, compressor, projector and pre-fusion.
+
+        images (B, parts, 3, H, W); input_ids (B, L). Returns (compressed vision tokens
+        (B, C*C, hidden), fused text (B, L, hidden)). As in the official ``encode_images_mini``:
+        the pre-fusion input is ``[projected CLIP tokens, projected compressed tokens, text]``
+        (HD: ``[re-tiled projected sub-image tokens, projected global tokens, compressed, text]``);
+        text positions with id <= 0 (padding *and* the image placeholder) are padding; the kept
+        rows are the C*C rows just before the text and the last L rows; padded text rows get
+        their raw embeddings back. The paper's figure suggests vision tokens also go through
+        pre-fusion; the code discards the CLIP rows and keeps only the C*C compressed ones.
+        """
+        b, parts = images.shape[:2]
+        text = self.embed(input_ids)
+        padding = input_ids <= 0
+        clip = self.encode_images(images.flatten(0, 1))  # (b*parts, n, dv)
+        if parts == 1:
+            compressed, _ = self.compress(clip)
+            vision = self.project(clip)
+        else:
+            ratio = isqrt_exact(parts - 1)
+            clip = clip.unflatten(0, (b, parts))
+            compressed, _ = self.compress(retile_hd(clip[:, :-1], ratio))
+            sub = retile_hd(self.project(clip[:, :-1]), ratio)
+            vision = torch.cat([sub, self.project(clip[:, -1])], dim=1)
+        compressed = self.project(compressed)
+        x = torch.cat([vision, compressed, text], dim=1)
+        vision_pad = torch.zeros(b, vision.shape[1] + compressed.shape[1], dtype=torch.bool, device=padding.device)
+        x = self.prefusion(x, torch.cat([vision_pad, padding], dim=1))
+        n_text, n_q = input_ids.shape[1], compressed.shape[1]
+        fused_text = torch.where(padding[..., None], text, x[:, -n_text:])
+        return x[:, -n_text - n_q : -n_text], fused_text
+
+    def encode_images_baseline(
+        self, images: torch.Tensor, input_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LLaVA-v1.5: all projected CLIP tokens (B, N, hidden) and the plain text embeddings."""
+        if images.shape[1] != 1:
+            raise ValueError("the LLaVA-v1.5 baseline takes one view per image")
+        return self.project(self.encode_images(images[:, 0])), self.embed(input_ids)
+
+    def encode_multimodal(self, input_ids: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dispatch image / HD / video -> (vision tokens (B, V, hidden), text features (B, L, hidden)).
+
+        Video (6-D images): like the official code, every frame runs the full per-image path
+        with the same text, one frame at a time; vision tokens are concatenated in frame order
+        and the fused text is the float32 mean over frames, cast back.
+        """
+        if images.dim() == 4:
+            images = images.unsqueeze(1)
+        encode = self.encode_images_mini if self.config.is_mini else self.encode_images_baseline
+        if images.dim() == 5:
+            return encode(images, input_ids)
+        if images.dim() != 6:
+            raise ValueError(f"images must be 4-, 5- or 6-D, got shape {tuple(images.shape)}")
+        tokens, text_sum = [], None
+        for t in range(images.shape[1]):
+            v, txt = encode(images[:, t], input_ids)
+            tokens.append(v)
+            text_sum = txt.float() if text_sum is None else text_sum + txt.float()
+        return torch.cat(tokens, dim=1), (text_sum / images.shape[1]).to(txt.dtype)
+
+    def prepare_inputs(
+        self, input_ids: torch.Tensor, images: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> MultimodalInputs:
+        """Splice the vision tokens into the text at the image placeholder (``IMAGE_TOKEN_INDEX``).
+
+        Per sample: drop positions with ``attention_mask`` False, replace the placeholder by
+        the vision tokens (a sample without placeholder gets none), right-pad the batch with
+        zeros; position ids count 0.. over the real tokens. Matches the official
+        ``prepare_inputs_labels_for_multimodal`` for inference with right padding. At most one
+        placeholder per sample (one image or one video).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        attention_mask = attention_mask.bool()
+        if images is None:
+            vision, text = None, self.embed(input_ids)
+        else:
+            vision, text = self.encode_multimodal(input_ids, images)
+        seqs = []
+        for i in range(input_ids.shape[0]):
+            ids, feats = input_ids[i][attention_mask[i]], text[i][attention_mask[i]]
+            where = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+            if len(where) > 1:
+                raise ValueError("at most one image placeholder per sample is supported")
+            if where and vision is None:
+                raise ValueError("input_ids hold an image placeholder but no images were given")
+            if where:
+                p = where[0]
+                feats = torch.cat([feats[:p], vision[i].to(feats.dtype), feats[p + 1 :]])
+            seqs.append(feats)
+        n = max(s.shape[0] for s in seqs)
+        embeds = text.new_zeros(len(seqs), n, text.shape[-1])
+        mask = torch.zeros(len(seqs), n, dtype=torch.bool, device=text.device)
+        for i, s in enumerate(seqs):
+            embeds[i, : s.shape[0]] = s
+            mask[i, : s.shape[0]] = True
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0) * mask
+        return MultimodalInputs(embeds, mask, position_ids)
+
+    def decode(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        key_valid: torch.Tensor,
+        caches: list[KVCache] | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        """LLaMA body + lm_head over new tokens at slots [start, start+L) -> logits (B, L, vocab)."""
+        x = inputs_embeds
+        cos, sin = self.model.rotary_emb(position_ids, x.dtype)
+        for i, layer in enumerate(self.model.layers):
+            cache = None if caches is None else caches[i]
+            attend = functools.partial(cached_attention, cache=cache, start=start, key_valid=key_valid)
+            x = layer(x, cos, sin, attend)
+        return self.lm_head(self.model.norm(x))
+
+    def forward(
+        self, input_ids: torch.Tensor, images: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Full multimodal forward without cache: logits (B, L', vocab) over the spliced sequence
+        (right-padded; rows past each sample's length are meaningless)."""
+        mm = self.prepare_inputs(input_ids, images, attention_mask)
+        return self.decode(mm.inputs_embeds, mm.position_ids, mm.attention_mask)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        images: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 16,
+        eos_token_id: int | None = None,
+        inputs: MultimodalInputs | None = None,
+    ) -> torch.Tensor:
+        """Greedy decoding with a KV cache -> new token ids (B, max_new_tokens).
+
+        Prefill runs over the spliced sequence (pre-fusion runs only here; decode steps skip
+        it, as officially). Samples of different lengths share cache slots: each new token
+        goes to the next slot after the padded prompt, with the sample's own next position
+        id, and padded slots are masked, so every sample decodes as if alone. After
+        ``eos_token_id`` a sample emits ``pad_token_id``. ``inputs`` may pass an already
+        prepared :class:`MultimodalInputs` (to time the stages separately).
+        """
+        mm = inputs if inputs is not None else self.prepare_inputs(input_ids, images, attention_mask)
+        b, n, _ = mm.inputs_embeds.shape
+        t = self.config.text
+        total = n + max_new_tokens
+        caches = [
+            KVCache(b, t.num_kv_heads, total, t.head_dim, dtype=self.dtype, device=self.device)
+            for _ in self.model.layers
+        ]
+        key_valid = torch.zeros(b, total, dtype=torch.bool, device=self.device)
+        key_valid[:, :n] = mm.attention_mask
+        lengths = mm.attention_mask.sum(-1)
+        logits = self.decode(mm.inputs_embeds, mm.position_ids, key_valid, caches, 0)
+        last = logits[torch.arange(b, device=logits.device), lengths - 1]
+        out = torch.full((b, max_new_tokens), t.pad_token_id, dtype=torch.long, device=self.device)
+        done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        for step in range(max_new_tokens):
+            token = last.argmax(-1)
+            out[:, step] = torch.where(done, torch.full_like(token, t.pad_token_id), token)
+            if eos_token_id is not None:
+                done |= token == eos_token_id
+                if bool(done.all()):
+                    break
+            if step + 1 == max_new_tokens:
+                break
+            key_valid[:, n + step] = True
+            pos = (lengths + step)[:, None]
+            last = self.decode(self.model.embed_tokens(token[:, None]), pos, key_valid, caches, n + step)[:, -1]
+        return out
+
+    @staticmethod
+    def llm_vision_tokens(config: LlavaMiniConfig, frames: int = 1) -> int:
+        """Vision tokens reaching the LLM for one image or a video of ``frames`` frames."""
+        return frames * config.llm_tokens_per_image
+
+
+def num_parameters(module: nn.Module) -> int:
+    """Parameter count (works on the meta device)."""
+    return sum(p.numel() for p in module.parameters())
