@@ -1,0 +1,2 @@
+// Every CUDA launcher, compiled for the host SIMT layer. One line per op.
+#include "cuda/row_softmax.cu"

@@ -1,0 +1,20 @@
+// Plain-pointer entry points of the CUDA kernels. Implemented in csrc/cuda/*.cu, which nvcc
+// compiles for the GPU extension and g++ compiles (with -DLMINI_EMU) into the host SIMT
+// module lmini_kernels._emu. No torch and no CUDA types here: both builds include it.
+#pragma once
+
+#include <cstdint>
+
+namespace lmini {
+
+enum class DType : int { f32 = 0, f16 = 1, bf16 = 2 };
+
+namespace cuda {
+
+// See lmini/kernels/row_softmax.cuh. `stream` is a cudaStream_t (ignored by the host layer).
+// Returns nullptr, or the CUDA error string of the launch.
+const char* row_softmax(const void* x, void* y, DType dtype, int64_t rows, int64_t cols,
+                        int64_t x_row_stride, int64_t y_row_stride, float scale, void* stream);
+
+}  // namespace cuda
+}  // namespace lmini

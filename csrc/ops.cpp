@@ -1,0 +1,22 @@
+// The library's C++ op schemas, declared once. Implementations register per dispatch key:
+// csrc/cpu/*.cpp (CPU), csrc/cuda/ops_cuda.cpp (CUDA). Fake (meta) implementations and
+// autograd formulas are registered from Python (lmini_kernels/ops/<op>/api.py).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "generated/build_info.h"
+
+TORCH_LIBRARY(lmini, m) {
+  m.def("row_softmax(Tensor x, float scale) -> Tensor");
+}
+
+// The extension is also a Python module, so `import lmini_kernels._C` loads the ops above.
+namespace {
+PyObject* build_info_json(PyObject*, PyObject*) { return PyUnicode_FromString(LMINI_BUILD_INFO_JSON); }
+PyMethodDef methods[] = {
+    {"build_info_json", build_info_json, METH_NOARGS, "What this build compiled, as JSON."},
+    {nullptr, nullptr, 0, nullptr}};
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "lmini-kernels C++/CUDA ops", -1, methods};
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

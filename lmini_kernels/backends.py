@@ -1,0 +1,99 @@
+"""Factories for the four kinds of backend, so every op states its backends the same way.
+
+An op's ``api.py`` builds its :class:`~lmini_kernels.dispatch.OpRegistry` with these, in
+speed order, passing its own run functions and limits.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+import torch
+
+from lmini_kernels import _ext
+from lmini_kernels.dispatch import FLOAT_DTYPES, Backend, cuda_emulate, triton_interpret
+
+# The interpreter computes bf16 on raw bits (verification.md): refuse it there.
+INTERPRETER_DTYPES = frozenset({torch.float32, torch.float16})
+
+
+def _cpu_availability() -> str | None:
+    return _ext.C_ERROR
+
+
+def _triton_availability() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed (pip install triton)"
+    if not triton_interpret() and not torch.cuda.is_available():
+        return "no CUDA GPU here; set TRITON_INTERPRET=1 before importing triton to run Triton kernels on CPU tensors"
+    return None
+
+
+def _cuda_availability() -> str | None:
+    if cuda_emulate():
+        return _ext.EMU_ERROR
+    if _ext._C is None:
+        return _ext.C_ERROR
+    if not _ext.compiled_cuda():
+        why = _ext.build_info().get("cuda_skipped_because")
+        return f"lmini_kernels._C was built without CUDA kernels ({why}); {_ext.BUILD_HINT} on a machine with CUDA"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU here; set LMINI_CUDA_EMULATE=1 to run the CUDA kernels on CPU tensors (slow, for tests)"
+    return None
+
+
+def reference_backend(run: Callable[..., object], check: Callable[..., list[str]] | None = None) -> Backend:
+    """Plain PyTorch, any device (meta included), float16 to float64: the oracle."""
+    return Backend(
+        "reference", run, devices=frozenset({"cpu", "cuda", "meta"}), dtypes=FLOAT_DTYPES | {torch.float64}, check=check
+    )
+
+
+def cpu_backend(run: Callable[..., object], check: Callable[..., list[str]] | None = None) -> Backend:
+    """C++/OpenMP kernels in ``lmini_kernels._C``; CPU tensors in fp32/fp16/bf16."""
+    return Backend("cpu", run, devices=frozenset({"cpu"}), availability=_cpu_availability, check=check)
+
+
+def triton_backend(
+    run: Callable[..., object],
+    check: Callable[..., list[str]] | None = None,
+    dtypes: frozenset[torch.dtype] = FLOAT_DTYPES,
+) -> Backend:
+    """Triton kernels: CUDA tensors, or CPU tensors (fp32/fp16) under ``TRITON_INTERPRET=1``."""
+    return Backend(
+        "triton",
+        run,
+        devices=frozenset({"cuda"}),
+        dtypes=dtypes,
+        availability=_triton_availability,
+        check=check,
+        verification_devices=lambda: frozenset({"cpu"}) if triton_interpret() else frozenset(),
+        verification_dtypes=INTERPRETER_DTYPES & dtypes,
+    )
+
+
+def cuda_backend(
+    run: Callable[..., object],
+    run_emulated: Callable[..., object],
+    check: Callable[..., list[str]] | None = None,
+) -> Backend:
+    """CUDA kernels in ``lmini_kernels._C``; on CPU tensors under ``LMINI_CUDA_EMULATE=1`` the
+    same kernel bodies run through the host SIMT layer (``run_emulated``)."""
+
+    def dispatch(*args, **kwargs):
+        first = next(a for a in args if isinstance(a, torch.Tensor))
+        return (run if first.device.type == "cuda" else run_emulated)(*args, **kwargs)
+
+    return Backend(
+        "cuda",
+        dispatch,
+        devices=frozenset({"cuda"}),
+        availability=_cuda_availability,
+        check=check,
+        verification_devices=lambda: frozenset({"cpu"}) if cuda_emulate() else frozenset(),
+    )
+
+
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+"""The ``lmini::DType`` codes of csrc/include/lmini/launchers.h."""

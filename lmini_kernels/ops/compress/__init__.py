@@ -1,0 +1,6 @@
+"""Compression: LLaVA-Mini's query-based cross-attention (the official ``Resampler``)."""
+
+from lmini_kernels.ops.compress.api import compress
+from lmini_kernels.ops.compress.positions import compress_positions, get_2d_sincos_pos_embed
+
+__all__ = ["compress", "compress_positions", "get_2d_sincos_pos_embed"]

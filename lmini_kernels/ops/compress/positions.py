@@ -1,0 +1,58 @@
+"""The compressor's fixed 2D sin-cos position tables (MAE convention, as the official code)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """(M, dim): [sin(pos * w_k)]_k ++ [cos(pos * w_k)]_k with w_k = 10000^(-k / (dim/2))."""
+    omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = pos.reshape(-1, 1).to(torch.float64) * omega.reshape(1, -1)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
+    """The (G*G, embed_dim) float64 table for a G x G grid, position p = row * G + col.
+
+    The first embed_dim/2 channels encode the column, the last embed_dim/2 the row; each half
+    is [sin(pos * w_k)] ++ [cos(pos * w_k)], k < embed_dim/4, w_k = 10000^(-k / (embed_dim/4)).
+    ``embed_dim`` must be a multiple of 4.
+    """
+    if embed_dim % 4 != 0:
+        raise ValueError(f"embed_dim: the 2D sin-cos table needs a multiple of 4, got {embed_dim}")
+    if grid_size < 1:
+        raise ValueError(f"grid_size: expected >= 1, got {grid_size}")
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    row, col = torch.meshgrid(coords, coords, indexing="ij")
+    emb_col = _sincos_1d(embed_dim // 2, col.reshape(-1))
+    emb_row = _sincos_1d(embed_dim // 2, row.reshape(-1))
+    return torch.cat([emb_col, emb_row], dim=1)
+
+
+def square_side(n: int, name: str) -> int:
+    """sqrt(n) for a perfect square n, else a ValueError naming ``name``."""
+    side = math.isqrt(n) if n >= 0 else -1
+    if side < 1 or side * side != n:
+        raise ValueError(f"{name}: expected a square number of tokens (G*G for a G x G grid), got {n}")
+    return side
+
+
+def compress_positions(pos_embed: torch.Tensor, n: int) -> torch.Tensor:
+    """The key position table for ``n`` = G*G tokens, as the official ``get_abs_pos``.
+
+    ``pos_embed`` (C*C, D) is the queries' table; when G != C it is bicubically interpolated
+    (align_corners=False) to G x G, in float32, then cast back to ``pos_embed``'s dtype.
+    Returns (n, D).
+    """
+    src = square_side(pos_embed.shape[0], "pos_embed rows")
+    tgt = square_side(n, "n")
+    if src == tgt:
+        return pos_embed
+    grid = pos_embed.float().reshape(1, src, src, -1).permute(0, 3, 1, 2)
+    out = F.interpolate(grid, size=(tgt, tgt), mode="bicubic", align_corners=False)
+    return out.permute(0, 2, 3, 1).reshape(tgt * tgt, -1).to(pos_embed.dtype)

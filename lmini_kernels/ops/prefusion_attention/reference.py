@@ -1,0 +1,45 @@
+"""The oracle of prefusion_attention: plain PyTorch, float32 softmax (float64 stays float64)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def visible_mask(lq: int, lk: int, causal: bool, key_padding_mask: torch.Tensor | None, device) -> torch.Tensor:
+    """(B or 1, 1, Lq, Lk) bool, True where query i may attend key j.
+
+    The queries are the last Lq of Lk positions: with ``causal``, query i sees keys
+    j <= Lk - Lq + i (bottom-right alignment, as flash-attn). ``key_padding_mask`` True hides a key.
+    """
+    vis = torch.ones(lq, lk, dtype=torch.bool, device=device)
+    if causal:
+        qi = torch.arange(lq, device=device).unsqueeze(1) + (lk - lq)
+        vis = torch.arange(lk, device=device).unsqueeze(0) <= qi
+    vis = vis.view(1, 1, lq, lk)
+    if key_padding_mask is not None:
+        vis = vis & ~key_padding_mask.view(-1, 1, 1, lk)
+    return vis
+
+
+def prefusion_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = True,
+    key_padding_mask: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """See :func:`lmini_kernels.prefusion_attention`. Rows with no visible key give zeros."""
+    _, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    scale = d**-0.5 if softmax_scale is None else softmax_scale
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if hq != hkv:  # GQA: query head h reads kv head h // (hq // hkv)
+        k = k.repeat_interleave(hq // hkv, dim=2)
+        v = v.repeat_interleave(hq // hkv, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.to(acc), k.to(acc)) * scale
+    vis = visible_mask(lq, lk, causal, key_padding_mask, q.device)
+    scores = scores.masked_fill(~vis, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    probs = probs.masked_fill(~vis.any(dim=-1, keepdim=True), 0.0)  # all-masked rows: 0, not NaN
+    return torch.einsum("bhqk,bkhd->bqhd", probs, v.to(acc)).to(q.dtype)

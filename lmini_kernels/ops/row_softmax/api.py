@@ -1,0 +1,64 @@
+"""Public row_softmax and its backends."""
+
+from __future__ import annotations
+
+import torch
+
+from lmini_kernels import _ext
+from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, reference_backend, triton_backend
+from lmini_kernels.dispatch import check_tensor, registry
+from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup, row_softmax_reference
+
+
+def _run_cpp(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.ops.lmini.row_softmax(x, scale)
+
+
+def _run_triton(x: torch.Tensor, scale: float) -> torch.Tensor:
+    from lmini_kernels.ops.row_softmax.triton import row_softmax_triton
+
+    return row_softmax_triton(x, scale)
+
+
+def _run_emulated(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """The CUDA kernel body on the CPU (host SIMT layer). No autograd: tests only."""
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    cols = xc.shape[-1] if xc.dim() else 1
+    rows = xc.numel() // cols if cols else 0
+    if rows:
+        _ext._emu.row_softmax(xc.data_ptr(), y.data_ptr(), DTYPE_CODES[xc.dtype], rows, cols, cols, cols, scale)
+    return y
+
+
+_REG = registry("row_softmax")
+_REG.register(cuda_backend(_run_cpp, _run_emulated))
+_REG.register(triton_backend(_run_triton))
+_REG.register(cpu_backend(_run_cpp))
+_REG.register(reference_backend(row_softmax_reference))
+
+
+def row_softmax(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch.Tensor:
+    """Softmax of ``scale * x`` over the last dimension.
+
+    Args:
+        x: any shape with at least one dimension; float32, float16 or bfloat16 (float64 on the
+            reference backend). Any strides (non-contiguous inputs are copied once).
+        scale: multiplies the logits before the softmax.
+        backend: ``"auto"`` (fastest that supports the inputs), ``"reference"``, ``"cpu"``,
+            ``"triton"`` or ``"cuda"``.
+
+    Returns:
+        A contiguous tensor of x's shape and dtype; math in float32. A row whose logits are
+        all -inf gives zeros, never NaN. Differentiable on every backend except the emulated
+        CUDA route.
+    """
+    check_tensor("x", x)
+    if x.dim() == 0:
+        raise ValueError("x: expected at least 1 dimension, got a scalar")
+    return _REG.select(backend, {"x": x}).run(x, float(scale))
+
+
+if _ext._C is not None:
+    torch.library.register_fake("lmini::row_softmax")(lambda x, scale: x.new_empty(x.shape))
+    torch.library.register_autograd("lmini::row_softmax", autograd_backward, setup_context=autograd_setup)

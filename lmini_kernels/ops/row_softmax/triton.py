@@ -1,0 +1,82 @@
+"""Triton row softmax: one program per row, online max/sum over column tiles, then a write pass.
+
+Grid (rows,). Bytes: two reads and one write of x; ~5 FLOPs per element: memory-bound.
+Accumulation in fp32 whatever the input dtype (and bf16 is upcast at load, which is also
+what keeps the interpreter exact: it computes bf16 on raw bits).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup
+from lmini_kernels.triton_aot import AotSpec
+
+
+@triton.jit
+def row_softmax_fwd_kernel(x_ptr, y_ptr, cols, x_row_stride, y_row_stride, scale, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # int64: rows * stride can pass 2^31
+    x_row = x_ptr + row * x_row_stride
+    y_row = y_ptr + row * y_row_stride
+    offs = tl.arange(0, BLOCK)
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, cols, BLOCK):
+        mask = start + offs < cols
+        v = tl.load(x_row + start + offs, mask=mask, other=float("-inf")).to(tl.float32) * scale
+        m_new = tl.maximum(m, v)
+        alive = m_new > float("-inf")  # a lane that saw only -inf keeps s = 0, not NaN
+        s = tl.where(alive, s * tl.exp(m - m_new) + tl.exp(v - m_new), 0.0)
+        m = m_new
+    row_max = tl.max(m, 0)
+    row_sum = tl.sum(tl.where(m > float("-inf"), s * tl.exp(m - row_max), 0.0), 0)
+    inv = tl.where(row_sum > 0, 1.0 / row_sum, 0.0)
+    for start in range(0, cols, BLOCK):
+        mask = start + offs < cols
+        v = tl.load(x_row + start + offs, mask=mask, other=float("-inf")).to(tl.float32) * scale
+        p = tl.where(row_sum > 0, tl.exp(v - row_max) * inv, 0.0)
+        tl.store(y_row + start + offs, p.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _block(cols: int) -> int:
+    return max(16, min(triton.next_power_of_2(max(cols, 1)), 4096))
+
+
+@torch.library.custom_op("lmini::row_softmax_triton", mutates_args=())
+def row_softmax_triton(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(scale * x) over the last dim with the Triton kernel (contiguous output)."""
+    x2 = x.contiguous().reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)
+    y = torch.empty_like(x2)
+    rows, cols = x2.shape
+    if rows and cols:
+        row_softmax_fwd_kernel[(rows,)](x2, y, cols, x2.stride(0), y.stride(0), scale, BLOCK=_block(cols), num_warps=4)
+    return y.reshape(x.shape)
+
+
+@row_softmax_triton.register_fake
+def _(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return x.new_empty(x.shape)
+
+
+row_softmax_triton.register_autograd(autograd_backward, setup_context=autograd_setup)
+
+AOT_SPECS = [
+    AotSpec(
+        name=f"row_softmax_fwd[{dt},BLOCK={block}]",
+        fn=row_softmax_fwd_kernel,
+        signature={
+            "x_ptr": f"*{dt}",
+            "y_ptr": f"*{dt}",
+            "cols": "i32",
+            "x_row_stride": "i64",
+            "y_row_stride": "i64",
+            "scale": "fp32",
+        },
+        constexprs={"BLOCK": block},
+        num_warps=4,
+    )
+    for dt in ("fp32", "fp16", "bf16")
+    for block in (1024, 4096)
+]

@@ -1,0 +1,184 @@
+"""Build lmini-kernels: one torch extension, ``lmini_kernels._C``, plus the test-only host
+SIMT module ``lmini_kernels._emu``.
+
+* CPU kernels (``csrc/cpu``) always build, with OpenMP.
+* CUDA kernels (``csrc/cuda``) build when torch has CUDA and a CUDA toolkit is found, or
+  when ``LMINI_FORCE_CUDA=1`` (which fails loudly if they cannot); ``LMINI_SKIP_CUDA=1``
+  skips them. Architectures: ``TORCH_CUDA_ARCH_LIST``, default ``8.0;9.0``.
+* ``_emu`` (the CUDA kernel bodies compiled by g++ against ``csrc/emu/simt.h``) builds when
+  the CUDA headers are found; it needs no GPU and no CUDA torch.
+* ``MAX_JOBS`` limits parallel compile jobs (ninja).
+
+What was compiled is recorded in ``lmini_kernels.build_info()``.
+
+Install with ``pip install --no-build-isolation -e .`` so the build uses the torch that is
+installed (build isolation would fetch another torch, several GB, maybe another ABI).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def find_cuda_home() -> Path | None:
+    """Locate the CUDA toolkit root: a directory with bin/nvcc and include/cuda_runtime.h.
+
+    torch guesses the root from ``which nvcc``; where nvcc is a wrapper script (as on our
+    machines: /usr/local/bin/nvcc execs /usr/local/cuda-13.0/bin/nvcc) that guess is wrong,
+    so we also follow the wrapper and fall back to the usual locations.
+    """
+    candidates: list[Path] = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            candidates.append(Path(os.environ[var]))
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = Path(nvcc).resolve()
+        candidates.append(real.parent.parent)
+        try:  # a shell wrapper: `exec /path/to/nvcc "$@"`
+            text = real.read_text(errors="ignore")[:4096]
+            m = re.search(r"(/\S+)/bin/nvcc", text)
+            if m:
+                candidates.append(Path(m.group(1)))
+        except OSError:
+            pass
+    candidates += [Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*"), reverse=True)]
+    for c in candidates:
+        if (c / "bin" / "nvcc").exists() and (c / "include" / "cuda_runtime.h").exists():
+            return c
+    return None
+
+
+def nvcc_version(cuda_home: Path) -> str | None:
+    try:
+        out = subprocess.run([str(cuda_home / "bin" / "nvcc"), "--version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out.stdout)
+    return m.group(1) if m else None
+
+
+def nvidia_wheel_includes() -> list[str]:
+    """Headers of the nvidia-* wheels (cusparse, cublas, ...) that torch's CUDA headers include."""
+    dirs: list[str] = []
+    for site in sys.path:
+        dirs += glob.glob(os.path.join(site, "nvidia", "*", "include"))
+        dirs += glob.glob(os.path.join(site, "nvidia", "*", "*", "include"))
+    return sorted(set(d for d in dirs if os.path.isdir(d)))
+
+
+def main() -> None:
+    import torch
+    from torch.utils import cpp_extension
+
+    cuda_home = find_cuda_home()
+    skip_cuda = _env_flag("LMINI_SKIP_CUDA")
+    force_cuda = _env_flag("LMINI_FORCE_CUDA")
+    torch_has_cuda = torch.version.cuda is not None
+    reasons: list[str] = []
+    if skip_cuda:
+        reasons.append("LMINI_SKIP_CUDA=1")
+    if cuda_home is None:
+        reasons.append("no CUDA toolkit found (set CUDA_HOME)")
+    if not torch_has_cuda:
+        reasons.append(f"torch {torch.__version__} is a CPU-only build")
+    build_cuda = not skip_cuda and cuda_home is not None and (torch_has_cuda or force_cuda)
+    if force_cuda and not build_cuda:
+        raise SystemExit(f"LMINI_FORCE_CUDA=1 but the CUDA kernels cannot be built: {'; '.join(reasons)}")
+
+    arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    if build_cuda:
+        # torch reads these at import time and from the environment; set both.
+        os.environ["CUDA_HOME"] = str(cuda_home)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+        cpp_extension.CUDA_HOME = str(cuda_home)
+
+    info = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "compiler": os.environ.get("CXX", "c++"),
+        "backends_compiled": ["cpu"] + (["cuda"] if build_cuda else []),
+        "cuda_toolkit": str(cuda_home) if cuda_home else None,
+        "nvcc": nvcc_version(cuda_home) if cuda_home else None,
+        "cuda_archs": arch_list.replace(",", ";").split(";") if build_cuda else [],
+        "cuda_skipped_because": None if build_cuda else ("; ".join(reasons) or "unknown"),
+        "openmp": True,
+    }
+    gen = CSRC / "generated"
+    gen.mkdir(exist_ok=True)
+    header = f'#pragma once\n#define LMINI_BUILD_INFO_JSON R"lmini({json.dumps(info)})lmini"\n'
+    if not (gen / "build_info.h").exists() or (gen / "build_info.h").read_text() != header:
+        (gen / "build_info.h").write_text(header)
+
+    rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)  # noqa: E731
+    include_dirs = [str(CSRC / "include"), str(CSRC)]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-Wno-unused-function"]
+    sources = rel([CSRC / "ops.cpp", *CSRC.glob("cpu/*.cpp")])
+    if build_cuda:
+        sources += rel([*CSRC.glob("cuda/*.cu"), *CSRC.glob("cuda/*.cpp")])
+        ext = cpp_extension.CUDAExtension(
+            "lmini_kernels._C",
+            sources,
+            include_dirs=include_dirs + nvidia_wheel_includes(),
+            extra_compile_args={
+                "cxx": cxx_flags,
+                # -lineinfo: Nsight Compute maps samples to source lines.
+                "nvcc": ["-O3", "-std=c++20", "-lineinfo", "--expt-relaxed-constexpr"],
+            },
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "lmini_kernels._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    ext_modules = [ext]
+
+    if cuda_home is not None and not _env_flag("LMINI_SKIP_EMU"):
+        from pybind11.setup_helpers import Pybind11Extension
+
+        ext_modules.append(
+            Pybind11Extension(
+                "lmini_kernels._emu",
+                rel([CSRC / "emu" / "module.cpp", CSRC / "emu" / "kernels.cpp"]),
+                include_dirs=[str(cuda_home / "include"), *include_dirs],
+                define_macros=[("LMINI_EMU", "1")],
+                cxx_std=20,
+                extra_compile_args=["-O2", "-pthread", "-Wno-unused-function"],
+                extra_link_args=["-pthread"],
+            )
+        )
+
+    packages = find_packages(include=["lmini_kernels", "lmini_kernels.*"])
+    packages += find_packages(where="python", include=["llava_mini", "llava_mini.*"])
+    setup(
+        packages=packages,
+        package_dir={"llava_mini": "python/llava_mini"},
+        ext_modules=ext_modules,
+        cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    )
+
+
+if __name__ == "__main__":
+    main()
