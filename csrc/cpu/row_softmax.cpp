@@ -39,7 +39,7 @@ at::Tensor row_softmax(const at::Tensor& x_in, double scale) {
   TORCH_CHECK(x_in.device().is_cpu(), "lmini::row_softmax (CPU): x must be a CPU tensor, got ", x_in.device());
   TORCH_CHECK(x_in.dim() >= 1, "lmini::row_softmax: x must have at least 1 dimension");
   const at::Tensor x = x_in.contiguous();
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = new_output(at::empty_like(x));
   const int64_t cols = x.size(-1);
   const int64_t rows = cols == 0 ? 0 : x.numel() / cols;
   switch (dtype_of(x, "x")) {

@@ -21,7 +21,7 @@ at::Tensor row_softmax_cuda(const at::Tensor& x_in, double scale) {
   TORCH_CHECK(x_in.dim() >= 1, "lmini::row_softmax: x must have at least 1 dimension");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous();
-  at::Tensor y = at::empty_like(x);
+  at::Tensor y = new_output(at::empty_like(x));
   const int64_t cols = x.size(-1);
   const int64_t rows = cols == 0 ? 0 : x.numel() / cols;
   TORCH_CHECK(rows < (int64_t(1) << 31), "lmini::row_softmax (CUDA): at most 2^31-1 rows, got ", rows);

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lmini_kernels import _ext
-from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, reference_backend, triton_backend
+from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, new_output, reference_backend, triton_backend
 from lmini_kernels.dispatch import check_tensor, registry
 from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup, row_softmax_reference
 
@@ -23,7 +23,7 @@ def _run_triton(x: torch.Tensor, scale: float) -> torch.Tensor:
 def _run_emulated(x: torch.Tensor, scale: float) -> torch.Tensor:
     """The CUDA kernel body on the CPU (host SIMT layer). No autograd: tests only."""
     xc = x.contiguous()
-    y = torch.empty_like(xc)
+    y = new_output(xc.shape, xc.dtype, xc.device)
     cols = xc.shape[-1] if xc.dim() else 1
     rows = xc.numel() // cols if cols else 0
     if rows:

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lmini_kernels.backends import new_output
 from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup
 from lmini_kernels.triton_aot import AotSpec
 
@@ -48,7 +49,7 @@ def _block(cols: int) -> int:
 def row_softmax_triton(x: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(scale * x) over the last dim with the Triton kernel (contiguous output)."""
     x2 = x.contiguous().reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)
-    y = torch.empty_like(x2)
+    y = new_output(x2.shape, x2.dtype, x2.device)
     rows, cols = x2.shape
     if rows and cols:
         row_softmax_fwd_kernel[(rows,)](x2, y, cols, x2.stride(0), y.stride(0), scale, BLOCK=_block(cols), num_warps=4)
