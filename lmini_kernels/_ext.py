@@ -10,6 +10,8 @@ import json
 from types import ModuleType
 from typing import Any
 
+import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)
+
 BUILD_HINT = "build it with `pip install --no-build-isolation -e .` from the repository root"
 
 _C: ModuleType | None
