@@ -61,7 +61,7 @@ def clip_hidden_states(sd: dict, cfg, pixels: torch.Tensor, prefix: str) -> list
         y = layer_norm(x, d64(sd, lp + "layer_norm1.weight"), d64(sd, lp + "layer_norm1.bias"))
         b, n, _ = y.shape
 
-        def split(t):
+        def split(t, b=b, n=n):
             return t.view(b, n, h, d // h).transpose(1, 2)
 
         o = softmax_attention(
@@ -182,7 +182,9 @@ def prefusion_official(sd: dict, cfg, images: torch.Tensor, input_ids: torch.Ten
     b, parts = images.shape[:2]
     emb = d64(sd, "model.embed_tokens.weight")[input_ids.clamp(min=0)]
     pad = input_ids <= 0
-    feats = clip_features(sd, cfg, images.reshape(b * parts, *images.shape[2:])).reshape(b, parts, -1, cfg.vision.hidden_size)
+    feats = clip_features(sd, cfg, images.reshape(b * parts, *images.shape[2:])).reshape(
+        b, parts, -1, cfg.vision.hidden_size
+    )
     g = cfg.vision.grid_size
     if parts == 1:
         comp_in = feats[:, 0]
