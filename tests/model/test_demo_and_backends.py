@@ -1,0 +1,73 @@
+"""Backend pass-through to the library ops, and the `lmini demo` entry point."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build, make_ids
+from llava_mini import demo
+
+import lmini_kernels
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    calls: list[tuple[str, str]] = []
+    for op in ("compress", "prefusion_attention"):
+        original = getattr(lmini_kernels, op)
+
+        def wrapper(*args, _op=op, _orig=original, **kwargs):
+            calls.append((_op, kwargs.get("backend", "<missing>")))
+            return _orig(*args, **kwargs)
+
+        monkeypatch.setattr(lmini_kernels, op, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_backend_reaches_both_ops(backend: str, monkeypatch: pytest.MonkeyPatch, gen: torch.Generator) -> None:
+    m = build("tiny-hd", backend=backend)
+    calls = _spy(monkeypatch)
+    ids = make_ids(gen, 1, 5, m.config.text.vocab_size)
+    video = torch.randn(1, 3, 5, 3, 28, 28, generator=gen)
+    m.generate(ids, video, max_new_tokens=3)
+    ops = [op for op, _ in calls]
+    assert ops.count("compress") == 3  # once per frame (HD: one re-tiled grid per frame)
+    assert ops.count("prefusion_attention") == 3 * m.config.prefusion_layers  # not in the LLM
+    assert {b for _, b in calls} == {backend}
+
+
+def test_reference_and_auto_agree(gen: torch.Generator) -> None:
+    ref, auto = build("tiny-c2", backend="reference"), build("tiny-c2", backend="auto")
+    ids = make_ids(gen, 2, 6, ref.config.text.vocab_size, pad_tail=1)
+    images = torch.randn(2, 1, 3, 28, 28, generator=gen)
+    with torch.no_grad():
+        a, b = ref(ids, images), auto(ids, images)
+    assert (a - b).abs().max() < 1e-4
+
+
+def test_demo_main_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--frames", "4", "--new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    for stage in demo.STAGES:
+        assert stage in out
+    row = next(line for line in out.splitlines() if line.startswith("vision tokens -> LLM"))
+    assert row.split()[-4:] == ["16", "1", "64", "4"]  # tiny: 4x4 patches vs C*C = 1, per frame
+    real = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  llava")}
+    assert real["llava-v1.5-7b"] == "576" and real["llava-mini-vicuna-7b"] == "1"
+    assert real["llava-mini-hd-vicuna-7b"] == "64"
+
+
+def test_demo_hd_and_dash_dash(capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--", "--config", "tiny-hd", "--frames", "2", "--new-tokens", "2"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("vision tokens -> LLM"))
+    assert row.split()[-4:] == ["16", "4", "32", "8"]
+
+
+def test_synthetic_hd_split_matches_official_crop_order() -> None:
+    cfg = build("tiny-hd").config
+    parts = demo.synthetic_image(cfg)
+    assert parts.shape == (5, 3, 28, 28)
+    big = torch.cat([torch.cat([parts[0], parts[1]], dim=2), torch.cat([parts[2], parts[3]], dim=2)], dim=1)
+    full = demo.synthetic_image(cfg.replace(resolution_ratio=1, compressor_size=2))
+    assert big.shape == (3, 56, 56) and full.shape == (1, 3, 28, 28)
+    assert (parts[4] - torch.nn.functional.interpolate(big[None], size=(28, 28), mode="bicubic")[0]).abs().max() < 1e-6
