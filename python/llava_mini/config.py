@@ -153,6 +153,54 @@ class LlavaMiniConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def from_hf_config(cls, hf: dict, name: str = "from-hf-config") -> LlavaMiniConfig:
+        """Read an official ``config.json`` (HF ``LlamaConfig`` fields plus ``compressor_size``,
+        ``prefusion_layer_num``, ``resolution_ratio``, ``mm_*``). The vision tower is not
+        described there beyond its name; CLIP ViT-L/14-336 is assumed (both official towers)."""
+        scaling = hf.get("rope_scaling")
+        rope = None
+        if scaling:
+            kind = scaling.get("rope_type", scaling.get("type"))
+            if kind != "llama3":
+                raise ValueError(f"unsupported rope_scaling type {kind!r}")
+            rope = RopeScaling(
+                factor=float(scaling["factor"]),
+                low_freq_factor=float(scaling["low_freq_factor"]),
+                high_freq_factor=float(scaling["high_freq_factor"]),
+                original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+            )
+        heads = hf["num_attention_heads"]
+        text = TextConfig(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads") or heads,
+            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            rope_scaling=rope,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            pad_token_id=hf.get("pad_token_id") or 0,
+        )
+        tower = hf.get("mm_vision_tower", "openai/clip-vit-large-patch14-336")
+        if "336" not in tower or "large" not in tower:
+            raise ValueError(f"only CLIP ViT-L/14-336 is described here, config names {tower!r}")
+        vision = dataclasses.replace(CLIP_L14_336, select_layer=hf.get("mm_vision_select_layer", -2))
+        if hf.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
+            raise ValueError("mm_hidden_size does not match the CLIP tower")
+        mini = "compressor_size" in hf
+        return cls(
+            name=name,
+            vision=vision,
+            text=text,
+            compressor_size=hf["compressor_size"] if mini else None,
+            prefusion_layers=hf.get("prefusion_layer_num", 4) if mini else 0,
+            resolution_ratio=hf.get("resolution_ratio", 1) if mini else 1,
+            projector_type=hf.get("mm_projector_type", "mlp2x_gelu"),
+        )
+
+    @classmethod
     def names(cls) -> list[str]:
         """All names accepted by :meth:`from_name`."""
         return list(_CONFIGS)

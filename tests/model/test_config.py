@@ -120,3 +120,39 @@ def test_stage_attribute_names() -> None:
     for attr in ["vision_tower", "mm_projector", "compressor", "prefusion_layers", "layers", "embed_tokens", "norm"]:
         assert hasattr(m.model, attr)
     assert isinstance(m.lm_head, torch.nn.Linear)
+
+
+def test_from_hf_config_reads_official_fields() -> None:
+    hf = {  # the fields of a LLaVA-Mini LLaMA-3.1-8B config.json that matter here
+        "architectures": ["LlavaMiniLlamaForCausalLM"],
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "max_position_embeddings": 131072,
+        "rope_scaling": {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+        "mm_vision_select_layer": -2,
+        "mm_hidden_size": 1024,
+        "mm_projector_type": "mlp2x_gelu",
+        "compressor_size": 1,
+        "prefusion_layer_num": 4,
+    }
+    cfg = LlavaMiniConfig.from_hf_config(hf)
+    named = LlavaMiniConfig.from_name("llava-mini-llama3.1-8b")
+    assert cfg.text == named.text and cfg.vision == named.vision
+    assert cfg.num_queries == 1 and cfg.prefusion_layers == 4 and cfg.is_mini
+    base = {k: v for k, v in hf.items() if k not in ("compressor_size", "prefusion_layer_num")}
+    assert not LlavaMiniConfig.from_hf_config(base).is_mini
+    with pytest.raises(ValueError, match="rope_scaling"):
+        LlavaMiniConfig.from_hf_config({**hf, "rope_scaling": {"type": "dynamic", "factor": 2.0}})

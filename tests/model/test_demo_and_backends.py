@@ -71,3 +71,18 @@ def test_synthetic_hd_split_matches_official_crop_order() -> None:
     full = demo.synthetic_image(cfg.replace(resolution_ratio=1, compressor_size=2))
     assert big.shape == (3, 56, 56) and full.shape == (1, 3, 28, 28)
     assert (parts[4] - torch.nn.functional.interpolate(big[None], size=(28, 28), mode="bicubic")[0]).abs().max() < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_half_precision_end_to_end(dtype: torch.dtype, gen: torch.Generator) -> None:
+    ref = build("tiny-hd", backend="reference").cuda()
+    fast = build("tiny-hd", backend="auto").to("cuda", dtype)
+    ids = make_ids(gen, 2, 7, ref.config.text.vocab_size, pad_tail=2).cuda()
+    video = torch.randn(2, 3, 5, 3, 28, 28, generator=gen).cuda()
+    with torch.no_grad():
+        a, b = ref(ids, video), fast(ids, video)
+    assert b.dtype == dtype
+    assert (a - b.float()).abs().max() < 0.05 * max(1.0, a.abs().max().item())
+    assert fast.generate(ids, video, max_new_tokens=4).shape == (2, 4)
+    assert demo.main(["--device", "cuda", "--dtype", str(dtype).removeprefix("torch."), "--frames", "2"]) == 0
