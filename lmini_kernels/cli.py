@@ -54,12 +54,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     except ImportError:
         triton_version = "not installed"
     print(f"lmini-kernels {lk.__version__}")
-    print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
-          f"triton {triton_version}")  # fmt: skip
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"triton {triton_version}"
+    )
     if info["extension_loaded"]:
         archs = ";".join(info.get("cuda_archs") or []) or "-"
-        print(f"build: backends compiled {', '.join(info['backends_compiled'])}; CUDA archs {archs}; "
-              f"nvcc {info.get('nvcc') or '-'}; built against torch {info.get('torch')}")  # fmt: skip
+        print(
+            f"build: backends compiled {', '.join(info['backends_compiled'])}; CUDA archs {archs}; "
+            f"nvcc {info.get('nvcc') or '-'}; built against torch {info.get('torch')}"
+        )
         if info.get("cuda_skipped_because"):
             print(f"       CUDA kernels not built: {info['cuda_skipped_because']}")
     else:
@@ -111,14 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("profile", "lmini_kernels.profiling.cli", "FLOPs, memory and roofline suites"),
     ):
         p = sub.add_parser(name, help=help_, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_delegate(module, name))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lmini`` console script."""
-    args = build_parser().parse_args(argv)
+    # Options after demo/bench/profile belong to that subcommand's own parser.
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command == "info" and rest:
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     return int(args.func(args))
 
 

@@ -59,8 +59,21 @@ def _allowed_spills(cu: Path) -> list[str]:
 
 
 def _compile(cu: Path, arch: int, tmp: Path) -> subprocess.CompletedProcess:
-    cmd = [_nvcc(), "-std=c++20", "-O3", "-cubin", f"-arch=sm_{arch}", "-Xptxas", "-v", "--expt-relaxed-constexpr",
-           f"-I{ROOT / 'csrc' / 'include'}", f"-I{ROOT / 'csrc'}", str(cu), "-o", str(tmp / f"{cu.stem}_{arch}.cubin")]  # fmt: skip
+    cmd = [
+        _nvcc(),
+        "-std=c++20",
+        "-O3",
+        "-cubin",
+        f"-arch=sm_{arch}",
+        "-Xptxas",
+        "-v",
+        "--expt-relaxed-constexpr",
+        f"-I{ROOT / 'csrc' / 'include'}",
+        f"-I{ROOT / 'csrc'}",
+        str(cu),
+        "-o",
+        str(tmp / f"{cu.stem}_{arch}.cubin"),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
@@ -78,8 +91,10 @@ def test_cuda_compiles_sm80_sm90(cu, tmp_path):
         kernels = parse_ptxas(res.stderr)
         assert kernels, f"no kernels reported by ptxas for {cu.name} sm_{arch}:\n{res.stderr[-2000:]}"
         for k in kernels:
-            print(f"{cu.name} sm_{arch} {k['name'][:60]}: {k.get('registers')} regs, {k['smem']} B smem, "
-                  f"spills {k['spill_stores']}/{k['spill_loads']} B")  # fmt: skip
+            print(
+                f"{cu.name} sm_{arch} {k['name'][:60]}: {k.get('registers')} regs, {k['smem']} B smem, "
+                f"spills {k['spill_stores']}/{k['spill_loads']} B"
+            )
             assert k.get("registers") is not None, f"no register report for {k['name']}"
             assert k["smem"] <= STATIC_SMEM_LIMIT, f"{k['name']} sm_{arch}: {k['smem']} B static smem > 48 KiB"
             if k["spill_stores"] or k["spill_loads"]:

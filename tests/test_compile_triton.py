@@ -18,8 +18,9 @@ from lmini_kernels.triton_aot import SHARED_LIMIT, parse_ptxas
 
 def test_triton_kernels_compile_for_sm80_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "lmini_kernels.triton_aot"], capture_output=True, text=True, env=env,
-                         timeout=1800)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "lmini_kernels.triton_aot"], capture_output=True, text=True, env=env, timeout=1800
+    )
     start = out.stdout.find("[")
     assert start >= 0, f"no report from the AOT compile:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     rows = json.loads(out.stdout[start:])
@@ -37,6 +38,9 @@ def test_triton_kernels_compile_for_sm80_sm90():
 
 
 def test_parse_ptxas_reports_registers_and_spills():
-    text = "ptxas info    : Used 40 registers, used 1 barriers, 16 bytes smem\n    0 bytes stack frame, 12 bytes spill stores, 8 bytes spill loads\n"
+    text = (
+        "ptxas info    : Used 40 registers, used 1 barriers, 16 bytes smem\n"
+        "    0 bytes stack frame, 12 bytes spill stores, 8 bytes spill loads\n"
+    )
     r = parse_ptxas(text)
     assert r["registers"] == 40 and r["spill_stores"] == 12 and r["spill_loads"] == 8 and r["static_smem"] == 16

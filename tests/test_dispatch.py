@@ -35,8 +35,15 @@ def test_build_info_records_what_was_compiled():
 
 def test_explicit_backend_lists_every_reason():
     reg = OpRegistry("toy")
-    reg.register(Backend("cpu", lambda x: x, devices=frozenset({"cpu"}), dtypes=frozenset({torch.float32}),
-                         check=lambda **p: ["n must be <= 4"] if p["n"] > 4 else []))  # fmt: skip
+    reg.register(
+        Backend(
+            "cpu",
+            lambda x: x,
+            devices=frozenset({"cpu"}),
+            dtypes=frozenset({torch.float32}),
+            check=lambda **p: ["n must be <= 4"] if p["n"] > 4 else [],
+        )
+    )
     reg.register(Backend("reference", lambda x: x, devices=frozenset({"cpu", "meta"})))
     x = randn(2, dtype=torch.float16)
     with pytest.raises(lk.NotSupportedError, match="x has dtype float16, this backend supports float32"):
@@ -58,8 +65,9 @@ def test_unavailable_backend_says_how_to_fix(monkeypatch):
 
 
 def test_lmini_info_prints_backends():
-    out = subprocess.run([sys.executable, "-m", "lmini_kernels.cli", "info", "-v"], capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "lmini_kernels.cli", "info", "-v"], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "lmini-kernels" in text and "torch" in text

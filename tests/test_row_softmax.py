@@ -15,8 +15,11 @@ import lmini_kernels as lk
 from lmini_kernels.ops.row_softmax.reference import row_softmax_reference
 
 KERNEL_BACKENDS = ("cpu", "triton", "cuda")
-DTYPES = {"cpu": (torch.float32, torch.float16, torch.bfloat16), "triton": (torch.float32, torch.float16),
-          "cuda": (torch.float32, torch.float16, torch.bfloat16)}  # fmt: skip
+DTYPES = {
+    "cpu": (torch.float32, torch.float16, torch.bfloat16),
+    "triton": (torch.float32, torch.float16),
+    "cuda": (torch.float32, torch.float16, torch.bfloat16),
+}
 
 
 def _oracle(x: torch.Tensor, scale: float) -> torch.Tensor:

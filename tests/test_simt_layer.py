@@ -24,8 +24,20 @@ def _build_and_run(tmp_path: Path, *defines: str) -> dict[str, bool]:
     assert gxx, "g++ is required to build the SIMT self-tests"
     assert (CUDA_INCLUDE / "cuda_fp16.h").exists(), f"CUDA headers not found in {CUDA_INCLUDE}"
     exe = tmp_path / "selftest"
-    cmd = [gxx, "-std=c++20", "-O2", "-pthread", "-DLMINI_EMU", *defines, f"-I{ROOT / 'csrc' / 'include'}",
-           f"-I{ROOT / 'csrc'}", f"-I{CUDA_INCLUDE}", str(ROOT / "csrc" / "emu" / "selftest.cpp"), "-o", str(exe)]  # fmt: skip
+    cmd = [
+        gxx,
+        "-std=c++20",
+        "-O2",
+        "-pthread",
+        "-DLMINI_EMU",
+        *defines,
+        f"-I{ROOT / 'csrc' / 'include'}",
+        f"-I{ROOT / 'csrc'}",
+        f"-I{CUDA_INCLUDE}",
+        str(ROOT / "csrc" / "emu" / "selftest.cpp"),
+        "-o",
+        str(exe),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     results = {}
