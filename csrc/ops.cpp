@@ -8,6 +8,7 @@
 
 TORCH_LIBRARY(lmini, m) {
   m.def("row_softmax(Tensor x, float scale) -> Tensor");
+  m.def("prefusion_attention(Tensor q, Tensor k, Tensor v, bool causal, Tensor? key_padding_mask, float scale) -> Tensor");
 }
 
 // The extension is also a Python module, so `import lmini_kernels._C` loads the ops above.

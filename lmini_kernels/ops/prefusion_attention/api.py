@@ -4,11 +4,79 @@ from __future__ import annotations
 
 import torch
 
-from lmini_kernels.backends import reference_backend
+from lmini_kernels import _ext
+from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, new_output, reference_backend, triton_backend
 from lmini_kernels.dispatch import check_same, check_tensor, registry
-from lmini_kernels.ops.prefusion_attention.reference import prefusion_attention_reference
+from lmini_kernels.ops.prefusion_attention.reference import (
+    attention_flops,
+    autograd_backward,
+    autograd_setup,
+    prefusion_attention_reference,
+)
+
+# Head dims the compiled kernels take (the reference takes any).
+CPU_MAX_HEAD_DIM = 256
+TRITON_HEAD_DIMS = (32, 64, 80, 96, 128, 256)
+CUDA_HEAD_DIMS = (64, 80, 96, 128)
+
+
+def _scale(q: torch.Tensor, softmax_scale: float | None) -> float:
+    return q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
+
+
+def _run_cpp(q, k, v, causal, key_padding_mask, softmax_scale):
+    return torch.ops.lmini.prefusion_attention(q, k, v, causal, key_padding_mask, _scale(q, softmax_scale))
+
+
+def _run_triton(q, k, v, causal, key_padding_mask, softmax_scale):
+    from lmini_kernels.ops.prefusion_attention.triton import prefusion_attention_triton
+
+    return prefusion_attention_triton(q, k, v, causal, key_padding_mask, _scale(q, softmax_scale))
+
+
+def _run_emulated(q, k, v, causal, key_padding_mask, softmax_scale):
+    """The CUDA kernel body on the CPU (host SIMT layer). No autograd: tests only."""
+    b, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
+    out = new_output((b, lq, hq, d), q.dtype, q.device)
+    pad = None if key_padding_mask is None else key_padding_mask.contiguous()
+    if out.numel():
+        _ext._emu.prefusion_attention(
+            qc.data_ptr(),
+            kc.data_ptr(),
+            vc.data_ptr(),
+            out.data_ptr(),
+            0 if pad is None else pad.data_ptr(),
+            DTYPE_CODES[q.dtype],
+            b,
+            lq,
+            lk,
+            hq,
+            hkv,
+            d,
+            bool(causal),
+            _scale(q, softmax_scale),
+        )
+    return out
+
+
+def _check_cpu(head_dim: int) -> list[str]:
+    return [] if head_dim <= CPU_MAX_HEAD_DIM else [f"head dim {head_dim} > {CPU_MAX_HEAD_DIM}"]
+
+
+def _check_triton(head_dim: int) -> list[str]:
+    return [] if head_dim in TRITON_HEAD_DIMS else [f"head dim {head_dim} not in {TRITON_HEAD_DIMS}"]
+
+
+def _check_cuda(head_dim: int) -> list[str]:
+    return [] if head_dim in CUDA_HEAD_DIMS else [f"head dim {head_dim} not in {CUDA_HEAD_DIMS}"]
+
 
 _REG = registry("prefusion_attention")
+_REG.register(cuda_backend(_run_cpp, _run_emulated, check=_check_cuda))
+_REG.register(triton_backend(_run_triton, check=_check_triton))
+_REG.register(cpu_backend(_run_cpp, check=_check_cpu))
 _REG.register(reference_backend(prefusion_attention_reference))
 
 
@@ -26,16 +94,19 @@ def prefusion_attention(
 
     Args:
         q: (B, Lq, Hq, d); k, v: (B, Lk, Hkv, d) with Lq <= Lk and Hq a multiple of Hkv
-            (GQA: query head h reads key/value head h // (Hq // Hkv)).
+            (GQA: query head h reads key/value head h // (Hq // Hkv)). float32, float16 or
+            bfloat16 (float64 on the reference backend); any strides.
         causal: query i (the (Lk - Lq + i)-th position) sees keys j <= Lk - Lq + i, i.e.
             the mask is aligned to the bottom-right as in flash-attn when Lq < Lk.
         key_padding_mask: optional (B, Lk) bool, True = ignore that key.
         softmax_scale: default 1/sqrt(d).
-        backend: "auto", "reference", "cpu", "triton" or "cuda".
+        backend: "auto", "reference", "cpu", "triton" or "cuda". Head dims: any on the
+            reference, up to 256 on cpu, 32/64/80/96/128/256 on triton, 64/80/96/128 on cuda.
 
     Returns:
-        (B, Lq, Hq, d) in q's dtype. A query row whose every visible key is masked returns
-        zeros, never NaN.
+        (B, Lq, Hq, d) contiguous, in q's dtype; softmax and accumulation in float32. A query
+        row whose every visible key is masked returns zeros, never NaN. Differentiable on the
+        reference, cpu (backward through the reference math) and triton backends.
     """
     check_tensor("q", q, ndim=4)
     check_tensor("k", k, ndim=4)
@@ -58,3 +129,15 @@ def prefusion_attention(
     check_same([("q", q), ("key_padding_mask", key_padding_mask)], dtype=False)
     impl = _REG.select(backend, {"q": q, "k": k, "v": v}, head_dim=d)
     return impl.run(q, k, v, causal, key_padding_mask, softmax_scale)
+
+
+def _fake(q, k, v, causal, key_padding_mask, scale):
+    return q.new_empty(q.shape)
+
+
+if _ext._C is not None:
+    torch.library.register_fake("lmini::prefusion_attention")(_fake)
+    torch.library.register_autograd("lmini::prefusion_attention", autograd_backward, setup_context=autograd_setup)
+    from torch.utils.flop_counter import register_flop_formula
+
+    register_flop_formula(torch.ops.lmini.prefusion_attention)(attention_flops)

@@ -43,3 +43,43 @@ def prefusion_attention_reference(
     probs = torch.softmax(scores, dim=-1)
     probs = probs.masked_fill(~vis.any(dim=-1, keepdim=True), 0.0)  # all-masked rows: 0, not NaN
     return torch.einsum("bhqk,bkhd->bqhd", probs, v.to(acc)).to(q.dtype)
+
+
+def prefusion_attention_backward(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None,
+    softmax_scale: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) of :func:`prefusion_attention_reference` for the output gradient
+    ``grad``, by autograd through the reference math (float32, float64 stays float64)."""
+    with torch.enable_grad():
+        qq, kk, vv = (t.detach().requires_grad_(True) for t in (q, k, v))
+        out = prefusion_attention_reference(qq, kk, vv, causal, key_padding_mask, softmax_scale)
+        dq, dk, dv = torch.autograd.grad(out, (qq, kk, vv), grad.to(out.dtype))
+    return dq, dk, dv
+
+
+def autograd_setup(ctx, inputs, output) -> None:
+    """``setup_context`` of the compiled prefusion_attention ops: keep the inputs."""
+    q, k, v, causal, key_padding_mask, scale = inputs
+    ctx.causal, ctx.scale = causal, scale
+    ctx.save_for_backward(q, k, v, key_padding_mask)
+
+
+def autograd_backward(ctx, grad):
+    """Backward of the compiled ops through the reference math (the CPU route)."""
+    q, k, v, key_padding_mask = ctx.saved_tensors
+    dq, dk, dv = prefusion_attention_backward(grad, q, k, v, ctx.causal, key_padding_mask, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+def attention_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of one forward, counted as torch's FlopCounterMode counts SDPA: the two dense
+    products, 2 * B * Hq * Lq * Lk * d each (masked pairs included)."""
+    b, lq, hq, d = q_shape
+    lk = k_shape[1]
+    return 4 * b * hq * lq * lk * d

@@ -1,0 +1,158 @@
+// CPU implementation of lmini::prefusion_attention: flash-attention forward in fp32 on the CPU.
+//
+// out[b, i, h, :] = sum_j softmax_j(scale * q[b, i, h] . k[b, j, h / G]) v[b, j, h / G] over the
+// keys j visible to query i: j <= Lk - Lq + i when causal (bottom-right alignment) and not
+// key_padding_mask[b, j]. A row with no visible key is zeros.
+//
+// Tasks (at::parallel_for): (batch, kv head, tile of query rows); one task takes every query
+// head of its GQA group, so each K/V tile is converted to fp32 once for G heads. Keys stream
+// in tiles of kTileN = 64 with the online softmax; scores and P V are loops over 64 keys and
+// over d that the compiler vectorises (AVX2+FMA where the CPU has it, chosen at run time).
+// FLOPs: 4 * B * Hq * d * (visible pairs); bytes: q, k, v read once per query tile, out written.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lmini/torch_utils.h"
+
+namespace lmini::cpu {
+namespace {
+
+constexpr int64_t kTileN = 64;
+
+template <typename T>
+struct Problem {
+  const T *q, *k, *v;
+  T* out;
+  const bool* pad;  // (B, Lk) contiguous or nullptr
+  int64_t lq, lk, hq, hkv, d, group;
+  int64_t sqb, sql, sqh, skb, skl, skh, svb, svl, svh;
+  bool causal;
+  float scale;
+};
+
+// kRowBlock: query rows whose 64 scores are accumulated together, sized to the registers
+// (4 x 4 zmm with AVX-512, 2 x 8 ymm with AVX2).
+namespace isa_default {
+constexpr int kRowBlock = 2;
+#include "prefusion_attention_body.h"
+}  // namespace isa_default
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace isa_avx2 {
+constexpr int kRowBlock = 2;
+#include "prefusion_attention_body.h"
+}  // namespace isa_avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512")
+namespace isa_avx512 {
+constexpr int kRowBlock = 4;
+#include "prefusion_attention_body.h"
+}  // namespace isa_avx512
+#pragma GCC pop_options
+
+enum class Isa { base, avx2, avx512 };
+
+// The widest ISA this CPU runs; LMINI_CPU_ISA=base|avx2 caps it (the tests run every path).
+Isa cpu_isa() {
+  static const Isa best = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? Isa::avx512
+                          : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")      ? Isa::avx2
+                                                                                                  : Isa::base;
+  const char* cap = std::getenv("LMINI_CPU_ISA");
+  if (cap == nullptr) return best;
+  const std::string c(cap);
+  if (c == "base") return Isa::base;
+  if (c == "avx2") return best == Isa::base ? Isa::base : Isa::avx2;
+  return best;
+}
+
+template <typename T>
+void run(const Problem<T>& pr, int64_t batch) {
+  // About 16 rows per task: enough to reuse each converted K/V tile, few enough to keep
+  // scores and accumulators in L1/L2.
+  const int64_t bm = std::max<int64_t>(1, 64 / pr.group);
+  const int64_t qtiles = (pr.lq + bm - 1) / bm;
+  const int64_t tasks = batch * pr.hkv * qtiles;
+  const int64_t rows = bm * pr.group;
+  const int64_t work_floats = rows * pr.d + 2 * kTileN * pr.d + rows * kTileN + rows * pr.d + 2 * rows;
+  const Isa isa = cpu_isa();
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> work(work_floats);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t qt = t % qtiles, hk = (t / qtiles) % pr.hkv, b = t / (qtiles * pr.hkv);
+      const int64_t q0 = qt * bm, n = std::min(bm, pr.lq - q0);
+      switch (isa) {
+        case Isa::avx512: isa_avx512::attention_task(pr, b, hk, q0, n, work.data()); break;
+        case Isa::avx2: isa_avx2::attention_task(pr, b, hk, q0, n, work.data()); break;
+        case Isa::base: isa_default::attention_task(pr, b, hk, q0, n, work.data()); break;
+      }
+    }
+  });
+}
+
+// Strided views are read in place when the head dimension is contiguous.
+at::Tensor inner_contiguous(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
+
+template <typename T>
+void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& out, const bool* pad,
+            bool causal, float scale) {
+  Problem<T> pr{q.data_ptr<T>(), k.data_ptr<T>(), v.data_ptr<T>(), out.data_ptr<T>(), pad,
+                q.size(1),       k.size(1),       q.size(2),       k.size(2),         q.size(3),
+                q.size(2) / k.size(2),
+                q.stride(0),     q.stride(1),     q.stride(2),     k.stride(0),       k.stride(1),
+                k.stride(2),     v.stride(0),     v.stride(1),     v.stride(2),       causal,
+                scale};
+  run(pr, q.size(0));
+}
+
+at::Tensor prefusion_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, bool causal,
+                               const std::optional<at::Tensor>& key_padding_mask, double scale) {
+  const char* op = "lmini::prefusion_attention (CPU)";
+  TORCH_CHECK(q_in.device().is_cpu() && k_in.device().is_cpu() && v_in.device().is_cpu(), op,
+              ": q, k, v must be CPU tensors");
+  TORCH_CHECK(q_in.dim() == 4 && k_in.dim() == 4 && v_in.dim() == 4, op, ": q, k, v must be 4-D (B, L, H, d)");
+  TORCH_CHECK(k_in.sizes() == v_in.sizes(), op, ": k and v must have the same shape");
+  TORCH_CHECK(q_in.size(0) == k_in.size(0) && q_in.size(3) == k_in.size(3), op, ": q and k disagree on B or d");
+  TORCH_CHECK(q_in.size(1) <= k_in.size(1), op, ": q: Lq must be <= Lk");
+  TORCH_CHECK(k_in.size(2) > 0 && q_in.size(2) % k_in.size(2) == 0, op, ": q heads must be a multiple of k heads");
+  TORCH_CHECK(q_in.scalar_type() == k_in.scalar_type() && q_in.scalar_type() == v_in.scalar_type(), op,
+              ": q, k, v must share one dtype");
+  const at::Tensor q = inner_contiguous(q_in), k = inner_contiguous(k_in), v = inner_contiguous(v_in);
+  at::Tensor pad;
+  if (key_padding_mask.has_value()) {
+    pad = key_padding_mask->contiguous();
+    TORCH_CHECK(pad.scalar_type() == at::kBool, op, ": key_padding_mask must be bool");
+    TORCH_CHECK(pad.dim() == 2 && pad.size(0) == q.size(0) && pad.size(1) == k.size(1), op,
+                ": key_padding_mask must be (B, Lk)");
+    TORCH_CHECK(pad.device().is_cpu(), op, ": key_padding_mask must be a CPU tensor");
+  }
+  at::Tensor out = new_output(at::empty(q.sizes(), q.options()));
+  if (out.numel() == 0) return out;
+  const bool* padp = pad.defined() ? pad.data_ptr<bool>() : nullptr;
+  const float s = float(scale);
+  switch (dtype_of(q, "q")) {
+    case DType::f32: launch<float>(q, k, v, out, padp, causal, s); break;
+    case DType::f16: launch<c10::Half>(q, k, v, out, padp, causal, s); break;
+    case DType::bf16: launch<c10::BFloat16>(q, k, v, out, padp, causal, s); break;
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lmini, CPU, m) { m.impl("prefusion_attention", &prefusion_attention); }
+
+}  // namespace lmini::cpu

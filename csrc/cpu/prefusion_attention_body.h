@@ -1,0 +1,190 @@
+// Tile body of the CPU pre-fusion attention (csrc/cpu/prefusion_attention.cpp).
+//
+// Included twice by that file, inside two namespaces: once for the build's default ISA and
+// once under `#pragma GCC target("avx2,fma")`, so that the same loops are vectorised for
+// whichever the running CPU supports (the extension is built without -march flags). No
+// torch types here: plain pointers, fp32 math. Do not include it anywhere else.
+//
+// One call computes one task: batch b, key/value head hk, query rows [q0, q0 + bm) of every
+// query head of the GQA group (rows ordered (query, head-in-group)), streaming the keys in
+// tiles of kTileN with the online softmax.
+
+// exp(x) for x <= 0 (and -inf -> 0) with ~2 ulp error: 2^n * p(r), r in [-ln2/2, ln2/2].
+// Pure arithmetic on floats and ints so the compiler vectorises a loop of it (std::exp is a
+// libm call per element).
+static inline float fast_exp(float x) {
+  const bool tiny = x < -87.0f;  // exp(-87) ~ 1.6e-38: below it (and for -inf) return exactly 0
+  x = tiny ? -87.0f : x;
+  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693145751953125f - n * 1.42860682030941723212e-6f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int e = (static_cast<int>(n) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &e, sizeof(scale));
+  return tiny ? 0.0f : p * scale;
+}
+
+// 16 floats: one AVX-512 register, two AVX2 registers, four SSE registers.
+typedef float vec16 __attribute__((vector_size(64)));
+typedef float vec16u __attribute__((vector_size(64), aligned(4)));
+
+static inline vec16 load16(const float* p) { return *reinterpret_cast<const vec16u*>(p); }
+static inline void store16(float* p, vec16 v) { *reinterpret_cast<vec16u*>(p) = v; }
+
+// s[r, 0:64] = bias + sum_c q[r, c] * kt[c, 0:64] for R rows (q rows d apart, s rows 64 apart).
+template <int R>
+static inline void score_rows(const float* q, const float* kt, const float* bias, float* s, int64_t d) {
+  static_assert(kTileN == 64, "score_rows holds a 64-key tile in four 16-float vectors");
+  vec16 a[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < 4; ++u) a[r][u] = load16(bias + 16 * u);
+  for (int64_t c = 0; c < d; ++c) {
+    const float* kc = kt + c * kTileN;
+    const vec16 k0 = load16(kc), k1 = load16(kc + 16), k2 = load16(kc + 32), k3 = load16(kc + 48);
+    for (int r = 0; r < R; ++r) {
+      const float qv = q[r * d + c];
+      a[r][0] += qv * k0;
+      a[r][1] += qv * k1;
+      a[r][2] += qv * k2;
+      a[r][3] += qv * k3;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < 4; ++u) store16(s + r * kTileN + 16 * u, a[r][u]);
+}
+
+// acc[r, :] += sum_{j < n} p[r, j] * v[j, :] for R rows (p rows 64 apart, acc rows d apart).
+template <int R>
+static inline void pv_rows(const float* p, const float* v, float* acc, int64_t n, int64_t d) {
+  int64_t c0 = 0;
+  for (; c0 + 32 <= d; c0 += 32) {
+    vec16 a[R][2];
+    for (int r = 0; r < R; ++r) {
+      a[r][0] = load16(acc + r * d + c0);
+      a[r][1] = load16(acc + r * d + c0 + 16);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const vec16 v0 = load16(v + j * d + c0), v1 = load16(v + j * d + c0 + 16);
+      for (int r = 0; r < R; ++r) {
+        const float pj = p[r * kTileN + j];
+        a[r][0] += pj * v0;
+        a[r][1] += pj * v1;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      store16(acc + r * d + c0, a[r][0]);
+      store16(acc + r * d + c0 + 16, a[r][1]);
+    }
+  }
+  for (; c0 + 16 <= d; c0 += 16) {
+    vec16 a[R];
+    for (int r = 0; r < R; ++r) a[r] = load16(acc + r * d + c0);
+    for (int64_t j = 0; j < n; ++j) {
+      const vec16 v0 = load16(v + j * d + c0);
+      for (int r = 0; r < R; ++r) a[r] += p[r * kTileN + j] * v0;
+    }
+    for (int r = 0; r < R; ++r) store16(acc + r * d + c0, a[r]);
+  }
+  for (; c0 < d; ++c0) {  // head dims that are not a multiple of 16
+    for (int r = 0; r < R; ++r) {
+      float t = acc[r * d + c0];
+      for (int64_t j = 0; j < n; ++j) t += p[r * kTileN + j] * v[j * d + c0];
+      acc[r * d + c0] = t;
+    }
+  }
+}
+
+template <typename T>
+static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t q0, int64_t bm, float* work) {
+  const int64_t d = pr.d, g = pr.group, rows = bm * g;
+  // Scratch (fp32): Q rows (pre-scaled), K tile transposed (d x kTileN), V tile (kTileN x d),
+  // the score tile, the output accumulators and the per-row softmax state.
+  float* qf = work;
+  float* kt = qf + rows * d;
+  float* vf = kt + d * kTileN;
+  float* s = vf + kTileN * d;
+  float* acc = s + rows * kTileN;
+  float* mrow = acc + rows * d;
+  float* lrow = mrow + rows;
+  alignas(64) float kbias[kTileN];
+
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = q0 + r / g, h = hk * g + r % g;
+    const T* src = pr.q + b * pr.sqb + i * pr.sql + h * pr.sqh;
+    for (int64_t c = 0; c < d; ++c) qf[r * d + c] = static_cast<float>(src[c]) * pr.scale;
+    for (int64_t c = 0; c < d; ++c) acc[r * d + c] = 0.0f;
+    mrow[r] = -INFINITY;
+    lrow[r] = 0.0f;
+  }
+  const int64_t offset = pr.lk - pr.lq;  // query i is position offset + i
+  const int64_t key_end = pr.causal ? std::min(pr.lk, offset + q0 + bm) : pr.lk;
+  const bool* pad = pr.pad == nullptr ? nullptr : pr.pad + b * pr.lk;
+
+  for (int64_t k0 = 0; k0 < key_end; k0 += kTileN) {
+    const int64_t n = std::min<int64_t>(kTileN, key_end - k0);
+    bool any_key = false;
+    for (int64_t j = 0; j < kTileN; ++j) {
+      const bool ok = j < n && (pad == nullptr || !pad[k0 + j]);
+      kbias[j] = ok ? 0.0f : -INFINITY;
+      any_key |= ok;
+    }
+    if (!any_key) continue;
+    for (int64_t j = 0; j < n; ++j) {
+      const T* ks = pr.k + b * pr.skb + (k0 + j) * pr.skl + hk * pr.skh;
+      const T* vs = pr.v + b * pr.svb + (k0 + j) * pr.svl + hk * pr.svh;
+      for (int64_t c = 0; c < d; ++c) kt[c * kTileN + j] = static_cast<float>(ks[c]);
+      for (int64_t c = 0; c < d; ++c) vf[j * d + c] = static_cast<float>(vs[c]);
+    }
+    for (int64_t j = n; j < kTileN; ++j) {  // finite filler: 0 * garbage could be NaN
+      for (int64_t c = 0; c < d; ++c) kt[c * kTileN + j] = 0.0f;
+    }
+    // Scores: S[r, :] = kbias + sum_c q[r, c] * Kt[c, :], kRowBlock rows at a time: the
+    // kRowBlock x 64 accumulators stay in vector registers, each K vector load feeds
+    // kRowBlock FMAs.
+    int64_t r = 0;
+    for (; r + kRowBlock <= rows; r += kRowBlock) score_rows<kRowBlock>(qf + r * d, kt, kbias, s + r * kTileN, d);
+    for (; r < rows; ++r) score_rows<1>(qf + r * d, kt, kbias, s + r * kTileN, d);
+    // Online softmax: per row, the new max, the rescale factor of the running sums, P.
+    for (r = 0; r < rows; ++r) {
+      float* sr = s + r * kTileN;
+      if (pr.causal) {
+        const int64_t last = offset + q0 + r / g - k0;  // last visible key of the tile
+        for (int64_t j = std::max<int64_t>(last + 1, 0); j < kTileN; ++j) sr[j] = -INFINITY;
+      }
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < kTileN; ++j) mx = sr[j] > mx ? sr[j] : mx;
+      if (mx == -INFINITY) {  // nothing visible in this tile for this row: P = 0
+        for (int64_t j = 0; j < kTileN; ++j) sr[j] = 0.0f;
+        continue;
+      }
+      const float m_new = mx > mrow[r] ? mx : mrow[r];
+      const float alpha = fast_exp(mrow[r] - m_new);
+      float sum = 0.0f;
+      for (int64_t j = 0; j < kTileN; ++j) {
+        sr[j] = fast_exp(sr[j] - m_new);
+        sum += sr[j];
+      }
+      lrow[r] = lrow[r] * alpha + sum;
+      mrow[r] = m_new;
+      if (alpha != 1.0f) {
+        float* ar = acc + r * d;
+        for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
+      }
+    }
+    // acc += P V, kRowBlock rows at a time, 32 output columns per pass kept in registers.
+    for (r = 0; r + kRowBlock <= rows; r += kRowBlock) pv_rows<kRowBlock>(s + r * kTileN, vf, acc + r * d, n, d);
+    for (; r < rows; ++r) pv_rows<1>(s + r * kTileN, vf, acc + r * d, n, d);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = q0 + r / g, h = hk * g + r % g;
+    T* dst = pr.out + ((b * pr.lq + i) * pr.hq + h) * d;
+    const float inv = lrow[r] > 0.0f ? 1.0f / lrow[r] : 0.0f;  // no visible key: zeros
+    for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<T>(acc[r * d + c] * inv);
+  }
+}
