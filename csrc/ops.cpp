@@ -8,6 +8,7 @@
 
 TORCH_LIBRARY(lmini, m) {
   m.def("row_softmax(Tensor x, float scale) -> Tensor");
+  m.def("compress_folded(Tensor x, Tensor a, Tensor p, float eps, int splits) -> (Tensor, Tensor)");
   m.def("prefusion_attention(Tensor q, Tensor k, Tensor v, bool causal, Tensor? key_padding_mask, float scale) -> Tensor");
 }
 

@@ -4,15 +4,100 @@ from __future__ import annotations
 
 import torch
 
-from lmini_kernels.backends import reference_backend
+from lmini_kernels.backends import cpu_backend, cuda_backend, reference_backend, triton_backend
 from lmini_kernels.dispatch import check_same, check_tensor, registry
+from lmini_kernels.ops.compress import core
+from lmini_kernels.ops.compress.folded import (
+    Folded,
+    acc_dtype,
+    attention_weights,
+    compress_projected,
+    epilogue,
+    fold,
+)
 from lmini_kernels.ops.compress.positions import square_side
 from lmini_kernels.ops.compress.reference import compress_reference
 
-_REG = registry("compress")
-_REG.register(reference_backend(compress_reference))
-
 ALGORITHMS = ("auto", "folded", "projected")
+
+# Widest embed_dim each GPU kernel keeps in registers (see their kernel files).
+TRITON_MAX_DIM = 2048
+CUDA_MAX_DIM = 4096
+
+
+def choose_algorithm(algorithm: str, num_queries: int, num_heads: int, dim: int) -> str:
+    """ "folded" when heads * Q < D (per token ~2*heads*Q*D multiply-adds instead of ~2*D*D),
+    else "projected"; an explicit choice is kept."""
+    if algorithm != "auto":
+        return algorithm
+    return "folded" if num_heads * num_queries < dim else "projected"
+
+
+def fold_for(
+    query, pos_q, pos_k, ln_q_weight, ln_q_bias, ln_kv_weight, ln_kv_bias, in_proj_weight, in_proj_bias,
+    out_proj_weight, out_proj_bias, num_heads, eps,
+) -> Folded:  # fmt: skip
+    """Everything the folded algorithm needs that depends only on the parameters (and N)."""
+    f = fold(query, pos_q, pos_k, ln_q_weight, ln_q_bias, ln_kv_weight, ln_kv_bias, in_proj_weight, in_proj_bias,
+             num_heads, eps)  # fmt: skip
+    acc = acc_dtype(query.dtype)
+    f.wo, f.bo = out_proj_weight.to(acc), out_proj_bias.to(acc)
+    return f
+
+
+def _fused(core_fn):
+    """The full compression with the folded algorithm on ``core_fn`` (or the projected one)."""
+
+    def run(
+        x, query, pos_q, pos_k, ln_q_weight, ln_q_bias, ln_kv_weight, ln_kv_bias, in_proj_weight, in_proj_bias,
+        out_proj_weight, out_proj_bias, num_heads, *, kv_proj_weight=None, eps=1e-5, need_weights=False,
+        algorithm="auto", folded=None,
+    ):  # fmt: skip
+        dim = query.shape[1]
+        if choose_algorithm(algorithm, query.shape[0], num_heads, dim) == "projected":
+            return compress_projected(
+                x, query, pos_q, pos_k, ln_q_weight, ln_q_bias, ln_kv_weight, ln_kv_bias, in_proj_weight,
+                in_proj_bias, out_proj_weight, out_proj_bias, num_heads, kv_proj_weight, eps, need_weights,
+            )  # fmt: skip
+        if kv_proj_weight is not None:
+            x = torch.nn.functional.linear(x, kv_proj_weight)
+        if x.stride(2) != 1:
+            x = x.contiguous()
+        f = folded
+        if f is None:
+            f = fold_for(query, pos_q, pos_k, ln_q_weight, ln_q_bias, ln_kv_weight, ln_kv_bias, in_proj_weight,
+                         in_proj_bias, out_proj_weight, out_proj_bias, num_heads, eps)  # fmt: skip
+        acc, _ = core_fn(x, f.a, f.p, eps)
+        out = epilogue(acc, f, f.wo, f.bo, num_heads).to(x.dtype)
+        attn = attention_weights(x, f, num_heads, eps).to(x.dtype) if need_weights else None
+        return out, attn
+
+    return run
+
+
+def _run_reference(*args, algorithm="auto", folded=None, **kwargs):
+    return compress_reference(*args, **kwargs)
+
+
+def _run_triton_core(x, a, p, eps):
+    from lmini_kernels.ops.compress.triton import core_triton
+
+    return core_triton(x, a, p, eps)
+
+
+def _check_triton(dim: int, **_) -> list[str]:
+    return [] if dim <= TRITON_MAX_DIM else [f"embed_dim {dim} > {TRITON_MAX_DIM} (the Triton kernel's register tile)"]
+
+
+def _check_cuda(dim: int, **_) -> list[str]:
+    return [] if dim <= CUDA_MAX_DIM else [f"embed_dim {dim} > {CUDA_MAX_DIM} (the CUDA kernel's register tile)"]
+
+
+_REG = registry("compress")
+_REG.register(cuda_backend(_fused(core.core_cpp), _fused(core.core_emulated), check=_check_cuda))
+_REG.register(triton_backend(_fused(_run_triton_core), check=_check_triton))
+_REG.register(cpu_backend(_fused(core.core_cpp)))
+_REG.register(reference_backend(_run_reference))
 
 
 def compress(
@@ -35,6 +120,7 @@ def compress(
     need_weights: bool = False,
     algorithm: str = "auto",
     backend: str = "auto",
+    folded: Folded | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Compress each image's (or frame's) N = G*G features into Q = C*C tokens.
 
@@ -57,7 +143,11 @@ def compress(
         need_weights: also return the head-averaged attention weights (B, Q, N).
         algorithm: "auto", "folded" or "projected" (fused backends; the reference is exact
             official math either way).
-        backend: "auto", "reference", "cpu", "triton" or "cuda".
+        backend: "auto", "reference", "cpu", "triton" or "cuda". The fused backends (cpu,
+            triton, cuda) run the folded algorithm in one streaming pass over x (all images in
+            one launch), or the projected one, chosen by ``algorithm``.
+        folded: the parameter-only tensors of the folded algorithm precomputed by
+            :func:`fold_for` (``FusedResampler`` caches them); None computes them here.
 
     Returns:
         ``(out, attn)``: out (B, Q, D) in x's dtype; attn (B, Q, N) or None.
@@ -92,8 +182,11 @@ def compress(
               ("out_proj_bias", out_proj_bias), ("kv_proj_weight", kv_proj_weight)]  # fmt: skip
     check_same(params)
     check_same([("x", x), ("pos_q", pos_q), ("pos_k", pos_k)], dtype=False)  # the tables may be float64
-    impl = _REG.select(backend, dict(params), algorithm=algorithm)
+    impl = _REG.select(backend, dict(params), algorithm=algorithm, dim=dim)
+    kwargs = dict(kv_proj_weight=kv_proj_weight, eps=eps, need_weights=need_weights)
+    if impl.name != "reference":
+        kwargs.update(algorithm=algorithm, folded=folded)
     return impl.run(
         x, query, pos_q, pos_k, ln_q_weight, ln_q_bias, ln_kv_weight, ln_kv_bias, in_proj_weight, in_proj_bias,
-        out_proj_weight, out_proj_bias, num_heads, kv_proj_weight=kv_proj_weight, eps=eps, need_weights=need_weights,
+        out_proj_weight, out_proj_bias, num_heads, **kwargs,
     )  # fmt: skip

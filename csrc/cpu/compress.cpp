@@ -1,0 +1,299 @@
+// CPU implementation of lmini::compress_folded, the streaming core of the folded compression
+// (lmini_kernels/ops/compress/core.py):
+//
+//   y_j = LayerNorm(x_bj) without affine;  s_kj = a_k . y_j + p_kj
+//   acc_bk = sum_j softmax_j(s_k)_j y_j  (B, K, D) fp32;  lse_bk = logsumexp_j s_kj  (B, K) fp32
+//
+// Work: one task per (image, chunk of tokens) through at::parallel_for (chunks only when there
+// are too few images to feed every thread; partial states are merged at the end). A task walks
+// its tokens in tiles of kTile: the rows are converted to fp32 into a padded tile, normalised,
+// scored against all K folded rows, then one online-softmax rescale per (tile, k) and a
+// weighted sum into the task's K x D accumulator. x is read once; a (K x D), the tile and the
+// accumulator stay in L1/L2.
+// Bytes: B*N*D*sizeof(T) read, B*K*D*4 written. FLOPs: ~4*B*N*K*D (scores + weighted sums).
+// For LLaVA-Mini (K = 8, D = 1024) that is 16 FLOP per fp32 element loaded: the inner loops
+// must run as wide FMAs, so the hot function is compiled for AVX-512, AVX2 and baseline x86-64
+// (chosen at load time by CPU features) over GCC vector types of 16 floats.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+#include "lmini/math.h"
+#include "lmini/torch_utils.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LMINI_X86_DISPATCH 1
+#endif
+
+namespace lmini::cpu {
+namespace {
+
+constexpr int kTile = 16;  // tokens per tile: 16 x D fp32 (64 KiB at D = 1024) stays in L2
+constexpr int kVec = 16;   // floats per vector: one AVX-512 register, two AVX2 ones
+typedef float vf __attribute__((vector_size(kVec * sizeof(float)), aligned(sizeof(float))));
+
+typedef float vf8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float vf4 __attribute__((vector_size(4 * sizeof(float))));
+
+__attribute__((always_inline)) inline float hsum(vf v) {
+  const vf8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const vf4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+// One tile of `tn` tokens (rows of `yt`, stride dp, zero beyond dim and beyond tn): normalise
+// the rows, score them against the K folded rows, update the online softmax (m, l) and acc.
+__attribute__((always_inline)) inline void process_tile_body(float* __restrict yt, int tn, int64_t dim, int64_t dp, float eps, const float* __restrict a,
+                  const float* __restrict p, int64_t p_stride, int64_t nk, float* __restrict acc,
+                  float* __restrict m, float* __restrict l, float* __restrict s) {
+  const float pad = float(dp - dim);
+  for (int t = 0; t < tn; ++t) {
+    vf* y = reinterpret_cast<vf*>(yt + t * dp);
+    vf sv = {};
+    for (int64_t i = 0; i < dp / kVec; ++i) sv += y[i];
+    const float mean = hsum(sv) / float(dim);
+    vf cv = {};
+    for (int64_t i = 0; i < dp / kVec; ++i) {
+      const vf c = y[i] - mean;
+      cv += c * c;
+    }
+    // The zero padding contributed pad * mean^2 to the centred sum of squares.
+    const float var = std::max(0.0f, (hsum(cv) - pad * mean * mean) / float(dim));
+    const float r = 1.0f / std::sqrt(var + eps);
+    for (int64_t i = 0; i < dp / kVec; ++i) y[i] = (y[i] - mean) * r;
+    for (int64_t d = dim; d < dp; ++d) yt[t * dp + d] = 0.0f;
+  }
+  // Scores, 4 tokens x 4 rows of a per pass: 16 accumulators, each loaded vector feeds 4 FMAs.
+  // nk is a multiple of 4 here (a padded with zero rows), tiles hold kTile rows (zero beyond tn).
+  for (int64_t k = 0; k < nk; k += 4) {
+    const vf* a0 = reinterpret_cast<const vf*>(a + (k + 0) * dp);
+    const vf* a1 = reinterpret_cast<const vf*>(a + (k + 1) * dp);
+    const vf* a2 = reinterpret_cast<const vf*>(a + (k + 2) * dp);
+    const vf* a3 = reinterpret_cast<const vf*>(a + (k + 3) * dp);
+    for (int t = 0; t < tn; t += 4) {
+      vf c[4][4] = {};
+      for (int64_t i = 0; i < dp / kVec; ++i) {
+        const vf av[4] = {a0[i], a1[i], a2[i], a3[i]};
+        for (int u = 0; u < 4; ++u) {
+          const vf yv = reinterpret_cast<const vf*>(yt + (t + u) * dp)[i];
+          for (int v = 0; v < 4; ++v) c[u][v] += av[v] * yv;
+        }
+      }
+      for (int u = 0; u < 4 && t + u < tn; ++u) {
+        for (int v = 0; v < 4; ++v) s[(t + u) * nk + k + v] = hsum(c[u][v]) + p[(k + v) * p_stride + t + u];
+      }
+    }
+  }
+  // Online softmax: one rescale of acc_k per tile, then the tile's weighted rows added, four
+  // rows of acc at a time so each loaded y vector feeds four FMAs.
+  float w[4][kTile];
+  for (int64_t k = 0; k < nk; k += 4) {
+    float alpha[4];
+    for (int v = 0; v < 4; ++v) {
+      float mt = -INFINITY;
+      for (int t = 0; t < tn; ++t) mt = std::max(mt, s[t * nk + k + v]);
+      const float mnew = std::max(m[k + v], mt);
+      alpha[v] = m[k + v] == -INFINITY ? 0.0f : std::exp(m[k + v] - mnew);
+      float lt = 0.0f;
+      for (int t = 0; t < tn; ++t) lt += (w[v][t] = std::exp(s[t * nk + k + v] - mnew));
+      l[k + v] = l[k + v] * alpha[v] + lt;
+      m[k + v] = mnew;
+    }
+    vf* ac0 = reinterpret_cast<vf*>(acc + (k + 0) * dp);
+    vf* ac1 = reinterpret_cast<vf*>(acc + (k + 1) * dp);
+    vf* ac2 = reinterpret_cast<vf*>(acc + (k + 2) * dp);
+    vf* ac3 = reinterpret_cast<vf*>(acc + (k + 3) * dp);
+    for (int64_t i = 0; i < dp / kVec; ++i) {
+      vf v0 = ac0[i] * alpha[0], v1 = ac1[i] * alpha[1], v2 = ac2[i] * alpha[2], v3 = ac3[i] * alpha[3];
+      for (int t = 0; t < tn; ++t) {
+        const vf yv = reinterpret_cast<const vf*>(yt + t * dp)[i];
+        v0 += w[0][t] * yv;
+        v1 += w[1][t] * yv;
+        v2 += w[2][t] * yv;
+        v3 += w[3][t] * yv;
+      }
+      ac0[i] = v0;
+      ac1[i] = v1;
+      ac2[i] = v2;
+      ac3[i] = v3;
+    }
+  }
+}
+
+using TileFn = void (*)(float*, int, int64_t, int64_t, float, const float*, const float*, int64_t, int64_t, float*,
+                       float*, float*, float*);
+
+#define LMINI_TILE_VARIANT(name, attr)                                                                            \
+  attr void name(float* yt, int tn, int64_t dim, int64_t dp, float eps, const float* a, const float* p,          \
+                 int64_t p_stride, int64_t nk, float* acc, float* m, float* l, float* s) {                       \
+    process_tile_body(yt, tn, dim, dp, eps, a, p, p_stride, nk, acc, m, l, s);                                    \
+  }
+LMINI_TILE_VARIANT(process_tile_baseline, )
+#if LMINI_X86_DISPATCH
+// Chosen by CPU features (not CPU model, so AMD Zen 4 gets the AVX-512 one).
+LMINI_TILE_VARIANT(process_tile_avx2, __attribute__((target("avx2,fma"))))
+LMINI_TILE_VARIANT(process_tile_avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
+#endif
+
+TileFn pick_tile_fn() {
+#if LMINI_X86_DISPATCH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return process_tile_avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return process_tile_avx2;
+#endif
+  return process_tile_baseline;
+}
+
+const TileFn process_tile = pick_tile_fn();
+
+template <typename T>
+void load_rows(const T* x, int64_t sn, int tn, int64_t dim, int64_t dp, float* yt) {
+  for (int t = 0; t < kTile; ++t) {
+    float* y = yt + t * dp;
+    if (t < tn) {
+      const T* row = x + t * sn;
+      if constexpr (std::is_same_v<T, float>) {
+        std::memcpy(y, row, dim * sizeof(float));
+      } else {
+        for (int64_t d = 0; d < dim; ++d) y[d] = static_cast<float>(row[d]);
+      }
+      std::fill(y + dim, y + dp, 0.0f);
+    } else {
+      std::fill(y, y + dp, 0.0f);
+    }
+  }
+}
+
+struct Shape {
+  int64_t batch, n, dim, dp, nk, sb, sn, splits;
+  int64_t nk4;  // nk rounded up to a multiple of 4 (a and p padded with zero rows)
+};
+
+template <typename T>
+void compress_folded_impl(const T* x, const float* a, const float* p, float* acc_out, float* lse_out, float* part,
+                          const Shape& sh, float eps) {
+  const int64_t chunk = (sh.n + sh.splits - 1) / sh.splits;
+  const int64_t part_row = sh.dim + 2;  // (m, l, acc[dim]) per (task, k)
+  at::parallel_for(0, sh.batch * sh.splits, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float, std::allocator<float>> yt(kTile * sh.dp), acc(sh.nk4 * sh.dp);
+    std::vector<float> m(sh.nk4), l(sh.nk4), s(kTile * sh.nk4);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / sh.splits, sp = task % sh.splits;
+      const int64_t n0 = sp * chunk, n1 = std::min(sh.n, n0 + chunk);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      std::fill(m.begin(), m.end(), -INFINITY);
+      std::fill(l.begin(), l.end(), 0.0f);
+      for (int64_t j0 = n0; j0 < n1; j0 += kTile) {
+        const int tn = int(std::min<int64_t>(kTile, n1 - j0));
+        load_rows(x + b * sh.sb + j0 * sh.sn, sh.sn, tn, sh.dim, sh.dp, yt.data());
+        process_tile(yt.data(), tn, sh.dim, sh.dp, eps, a, p + j0, sh.n, sh.nk4, acc.data(), m.data(), l.data(),
+                     s.data());
+      }
+      for (int64_t k = 0; k < sh.nk; ++k) {
+        const float* src = acc.data() + k * sh.dp;
+        if (sh.splits == 1) {
+          const float inv = l[k] > 0.0f ? 1.0f / l[k] : 0.0f;
+          float* dst = acc_out + (b * sh.nk + k) * sh.dim;
+          for (int64_t d = 0; d < sh.dim; ++d) dst[d] = src[d] * inv;
+          lse_out[b * sh.nk + k] = m[k] + std::log(l[k]);
+        } else {
+          float* dst = part + (task * sh.nk + k) * part_row;
+          dst[0] = m[k];
+          dst[1] = l[k];
+          std::memcpy(dst + 2, src, sh.dim * sizeof(float));
+        }
+      }
+    }
+  });
+  if (sh.splits == 1) return;
+  // Merge the chunks' online-softmax states (lmini/math.h) and their accumulators.
+  at::parallel_for(0, sh.batch * sh.nk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bk = begin; bk < end; ++bk) {
+      const int64_t b = bk / sh.nk, k = bk % sh.nk;
+      SoftmaxState st = softmax_empty();
+      for (int64_t sp = 0; sp < sh.splits; ++sp) {
+        const float* src = part + ((b * sh.splits + sp) * sh.nk + k) * part_row;
+        st = softmax_merge(st, {src[0], src[1]});
+      }
+      float* dst = acc_out + bk * sh.dim;
+      std::fill(dst, dst + sh.dim, 0.0f);
+      for (int64_t sp = 0; sp < sh.splits; ++sp) {
+        const float* src = part + ((b * sh.splits + sp) * sh.nk + k) * part_row;
+        if (src[1] == 0.0f) continue;  // an empty chunk
+        const float w = std::exp(src[0] - st.max) / st.sum;
+        for (int64_t d = 0; d < sh.dim; ++d) dst[d] += w * src[2 + d];
+      }
+      lse_out[bk] = st.max + std::log(st.sum);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const at::Tensor& a_in,
+                                                   const at::Tensor& p_in, double eps, int64_t splits) {
+  TORCH_CHECK(x_in.device().is_cpu(), "lmini::compress_folded (CPU): x must be a CPU tensor, got ", x_in.device());
+  TORCH_CHECK(x_in.dim() == 3, "lmini::compress_folded: x must be (B, N, D), got ", x_in.sizes());
+  TORCH_CHECK(a_in.dim() == 2 && a_in.size(1) == x_in.size(2) && a_in.scalar_type() == at::kFloat,
+              "lmini::compress_folded: a must be float32 (K, D=", x_in.size(2), "), got ", a_in.scalar_type(), " ",
+              a_in.sizes());
+  TORCH_CHECK(p_in.dim() == 2 && p_in.size(0) == a_in.size(0) && p_in.size(1) == x_in.size(1) &&
+                  p_in.scalar_type() == at::kFloat,
+              "lmini::compress_folded: p must be float32 (K, N) = (", a_in.size(0), ", ", x_in.size(1), "), got ",
+              p_in.scalar_type(), " ", p_in.sizes());
+  TORCH_CHECK(splits >= 0, "lmini::compress_folded: splits must be >= 0 (0 = automatic), got ", splits);
+  const at::Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();
+  const at::Tensor p = p_in.contiguous();
+  Shape sh{x.size(0), x.size(1), x.size(2), 0, a_in.size(0), x.stride(0), x.stride(1), splits};
+  sh.dp = (sh.dim + kVec - 1) / kVec * kVec;
+  at::Tensor acc = new_output(at::empty({sh.batch, sh.nk, sh.dim}, x.options().dtype(at::kFloat)));
+  at::Tensor lse = new_output(at::empty({sh.batch, sh.nk}, x.options().dtype(at::kFloat)));
+  if (sh.batch == 0 || sh.nk == 0) return {acc, lse};
+  TORCH_CHECK(sh.n > 0 && sh.dim > 0, "lmini::compress_folded: x needs N >= 1 tokens of D >= 1 features");
+  if (sh.splits == 0) {
+    // Enough tasks for every thread; a chunk keeps at least 64 tokens.
+    const int64_t threads = at::get_num_threads();
+    const int64_t want = (4 * threads + sh.batch - 1) / sh.batch;
+    sh.splits = std::max<int64_t>(1, std::min<int64_t>(want, sh.n / 64));
+  }
+  sh.splits = std::min(sh.splits, sh.n);
+  // a padded to dp columns and nk4 rows (p to nk4 rows) so every inner loop runs whole blocks.
+  sh.nk4 = (sh.nk + 3) / 4 * 4;
+  std::vector<float> a_pad(sh.nk4 * sh.dp, 0.0f), p_pad(sh.nk4 * sh.n, 0.0f);
+  const at::Tensor a = a_in.contiguous();
+  for (int64_t k = 0; k < sh.nk; ++k) {
+    std::memcpy(a_pad.data() + k * sh.dp, a.data_ptr<float>() + k * sh.dim, sh.dim * sizeof(float));
+  }
+  std::memcpy(p_pad.data(), p.data_ptr<float>(), sh.nk * sh.n * sizeof(float));
+  std::vector<float> part(sh.splits > 1 ? sh.batch * sh.splits * sh.nk * (sh.dim + 2) : 0);
+  const float e = float(eps);
+  switch (dtype_of(x, "x")) {
+    case DType::f32:
+      compress_folded_impl(x.data_ptr<float>(), a_pad.data(), p_pad.data(), acc.data_ptr<float>(),
+                           lse.data_ptr<float>(), part.data(), sh, e);
+      break;
+    case DType::f16:
+      compress_folded_impl(x.data_ptr<c10::Half>(), a_pad.data(), p_pad.data(), acc.data_ptr<float>(),
+                           lse.data_ptr<float>(), part.data(), sh, e);
+      break;
+    case DType::bf16:
+      compress_folded_impl(x.data_ptr<c10::BFloat16>(), a_pad.data(), p_pad.data(), acc.data_ptr<float>(),
+                           lse.data_ptr<float>(), part.data(), sh, e);
+      break;
+  }
+  return {acc, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lmini, CPU, m) { m.impl("compress_folded", &compress_folded); }
+
+}  // namespace lmini::cpu

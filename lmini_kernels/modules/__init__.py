@@ -1,0 +1,5 @@
+"""Drop-in ``nn.Module`` replacements for LLaVA-Mini's components, built on the library's ops."""
+
+from lmini_kernels.modules.resampler import FusedResampler
+
+__all__ = ["FusedResampler"]

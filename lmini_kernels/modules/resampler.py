@@ -1,0 +1,129 @@
+"""FusedResampler: the official LLaVA-Mini compressor with the fused compression op."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmini_kernels.ops.compress.api import compress, fold_for
+from lmini_kernels.ops.compress.folded import Folded
+from lmini_kernels.ops.compress.positions import compress_positions, get_2d_sincos_pos_embed
+
+
+class FusedResampler(nn.Module):
+    """Drop-in for the official ``Resampler``: C*C learnable queries cross-attend to the
+    features of each image (or video frame), all images in one launch.
+
+    Parameters carry the official names (``query``, ``pos_embed``, ``kv_proj.weight`` when
+    ``kv_dim`` differs from ``embed_dim``, ``attn.in_proj_weight``, ``attn.in_proj_bias``,
+    ``attn.out_proj.weight``, ``attn.out_proj.bias``, ``ln_q.*``, ``ln_kv.*``), so
+    ``load_state_dict(official_state_dict, strict=True)`` works. ``attn`` is an
+    ``nn.MultiheadAttention`` used only as the container of the packed projections.
+
+    In inference (no graph being recorded) the module caches what depends only on its
+    parameters: the folded query vectors and the key-position logits for each N. The cache is
+    keyed on every parameter's version counter, so an in-place update (an optimizer step, a
+    ``load_state_dict``) invalidates it; in training the folding is recomputed every forward
+    so gradients reach every parameter.
+    """
+
+    def __init__(self, grid_size: int, embed_dim: int, num_heads: int, kv_dim: int | None = None) -> None:
+        super().__init__()
+        if grid_size < 1:
+            raise ValueError(f"grid_size: expected >= 1, got {grid_size}")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim: {embed_dim} is not divisible by num_heads = {num_heads}")
+        self.grid_size, self.embed_dim, self.num_heads = grid_size, embed_dim, num_heads
+        self.num_queries = grid_size * grid_size
+        table = get_2d_sincos_pos_embed(embed_dim, grid_size).float()
+        self.pos_embed = nn.Parameter(table, requires_grad=False)
+        self.query = nn.Parameter(torch.empty(self.num_queries, embed_dim))
+        nn.init.trunc_normal_(self.query, std=0.02)
+        self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False) if kv_dim not in (None, embed_dim) else None
+        self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
+        self.ln_q = nn.LayerNorm(embed_dim)
+        self.ln_kv = nn.LayerNorm(embed_dim)
+        self._cache: dict[tuple, Folded] = {}
+
+    @classmethod
+    def from_module(cls, m: nn.Module) -> FusedResampler:
+        """A FusedResampler with the parameters (copied), device, dtype and LayerNorm eps of an
+        official-layout ``Resampler`` ``m``."""
+        attn = m.attn
+        kv = getattr(m, "kv_proj", None)
+        kv_dim = kv.weight.shape[1] if isinstance(kv, nn.Linear) else None
+        grid = getattr(m, "grid_size", None) or int(round(m.query.shape[0] ** 0.5))
+        ref = m.query
+        new = cls(grid, attn.embed_dim, attn.num_heads, kv_dim).to(device=ref.device, dtype=ref.dtype)
+        new.ln_q.eps, new.ln_kv.eps = m.ln_q.eps, m.ln_kv.eps
+        new.load_state_dict(m.state_dict(), strict=True)
+        return new
+
+    def _params(self) -> list[torch.Tensor]:
+        a = self.attn
+        return [self.query, self.pos_embed, self.ln_q.weight, self.ln_q.bias, self.ln_kv.weight, self.ln_kv.bias,
+                a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias]  # fmt: skip
+
+    def _fold(self, n: int) -> Folded:
+        a = self.attn
+        pos_k = compress_positions(self.pos_embed, n)
+        return fold_for(
+            self.query, self.pos_embed, pos_k, self.ln_q.weight, self.ln_q.bias, self.ln_kv.weight, self.ln_kv.bias,
+            a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias, self.num_heads, self.ln_kv.eps,
+        )  # fmt: skip
+
+    def folded(self, n: int) -> Folded:
+        """The parameter-only tensors of the folded algorithm for N = ``n`` tokens; cached
+        unless a graph is being recorded for these parameters (training) or compiled."""
+        params = self._params()
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            return self._fold(n)
+        key = (n, self.ln_q.eps, self.ln_kv.eps) + tuple((id(p), p._version, p.device, p.dtype) for p in params)
+        f = self._cache.get(key)
+        if f is None:
+            # Stale entries (old versions of the parameters) are dropped; one entry per N stays.
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != n and k[3:] == key[3:]}
+            with torch.no_grad():
+                f = self._cache[key] = self._fold(n)
+        return f
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        text: object = None,
+        *,
+        need_weights: bool = False,
+        backend: str = "auto",
+        algorithm: str = "auto",
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Compress x (B, N, kv_dim or embed_dim), N = G*G for any G, to (B, C*C, embed_dim).
+
+        Returns ``(out, attn)``: ``attn`` the head-averaged attention weights (B, C*C, N) when
+        ``need_weights``, else None. ``attn_mask`` is not supported (the official model never
+        passes one) and ``text`` is accepted and ignored, as in the official forward.
+        ``backend`` and ``algorithm`` as in :func:`lmini_kernels.compress`.
+        """
+        if attn_mask is not None:
+            raise ValueError("attn_mask: FusedResampler supports only attn_mask=None (every query sees every token)")
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected a (B, N, kv_dim) tensor, got {shape}")
+        n = x.shape[1]
+        pos_k = compress_positions(self.pos_embed, n) if _is_square(n) else self.pos_embed[:0]
+        a = self.attn
+        folded = self.folded(n) if _is_square(n) and x.dtype == self.query.dtype else None
+        return compress(
+            x, self.query, self.pos_embed, pos_k, self.ln_q.weight, self.ln_q.bias, self.ln_kv.weight, self.ln_kv.bias,
+            a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias, self.num_heads,
+            kv_proj_weight=None if self.kv_proj is None else self.kv_proj.weight, eps=self.ln_kv.eps,
+            need_weights=need_weights, algorithm=algorithm, backend=backend, folded=folded,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"grid_size={self.grid_size}, embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+
+
+def _is_square(n: int) -> bool:
+    r = int(round(n**0.5))
+    return n >= 1 and r * r == n

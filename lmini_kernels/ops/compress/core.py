@@ -1,0 +1,88 @@
+"""The streaming core of the folded compression, one torch.library op per backend.
+
+``core(x, a, p, eps, splits) -> (acc, lse)``: for every image b and folded row k (K = Q*heads)
+
+    y_j = (x_bj - mean(x_bj)) / sqrt(var(x_bj) + eps)        (LayerNorm without affine)
+    s_kj = a_k . y_j + p_kj
+    acc_bk = sum_j softmax_j(s_k)_j y_j        (B, K, D) float32 (float64 for float64 x)
+    lse_bk = logsumexp_j s_kj                  (B, K)
+
+x: (B, N, D) any batch/token strides, unit stride along D (else copied); a: (K, D) and p: (K, N)
+contiguous in the accumulation dtype. ``splits`` cuts the N tokens of each image into that many
+independent chunks merged at the end (0: the kernel picks); results do not depend on it beyond
+rounding. All ops share one fake implementation and one analytic backward
+(:func:`lmini_kernels.ops.compress.folded.core_backward`).
+
+Ops: ``lmini::compress_folded`` (C++: CPU kernel in csrc/cpu/compress.cpp, CUDA kernel in
+csrc/cuda/compress.cu), ``lmini::compress_folded_torch`` (plain PyTorch, any dtype: the float64
+gradcheck route), ``lmini::compress_folded_triton`` (lmini_kernels/ops/compress/triton.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmini_kernels import _ext
+from lmini_kernels.backends import DTYPE_CODES, new_output
+from lmini_kernels.ops.compress.folded import core_backward, core_torch
+
+
+def core_fake(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0):
+    """Shapes and dtypes of the core's outputs (fake/meta tensors)."""
+    batch, k = x.shape[0], a.shape[0]
+    return x.new_empty((batch, k, x.shape[2]), dtype=a.dtype), x.new_empty((batch, k), dtype=a.dtype)
+
+
+def core_setup(ctx, inputs, output) -> None:
+    """``setup_context`` of every core op: keep the inputs and both outputs."""
+    x, a, p, eps = inputs[:4]
+    ctx.eps = eps
+    ctx.n_inputs = len(inputs)
+    ctx.save_for_backward(x, a, p, *output)
+
+
+def core_autograd_backward(ctx, g_acc, g_lse):
+    """Backward of every core op (analytic, recomputing the probabilities in PyTorch)."""
+    x, a, p, acc, lse = ctx.saved_tensors
+    dx, da, dp = core_backward(x, a, p, ctx.eps, acc, lse, g_acc, g_lse)
+    return (dx, da.to(a.dtype), dp.to(p.dtype)) + (None,) * (ctx.n_inputs - 3)
+
+
+@torch.library.custom_op("lmini::compress_folded_torch", mutates_args=())
+def core_torch_op(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The core in plain PyTorch (any dtype, any device)."""
+    acc, lse = core_torch(x, a, p, eps)
+    return acc.contiguous(), lse.contiguous()
+
+
+core_torch_op.register_fake(core_fake)
+core_torch_op.register_autograd(core_autograd_backward, setup_context=core_setup)
+
+
+def core_cpp(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0):
+    """The C++ core (CPU kernel, or CUDA kernel for CUDA tensors)."""
+    return torch.ops.lmini.compress_folded(x, a, p, eps, splits)
+
+
+def core_emulated(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0):
+    """The CUDA kernel body on CPU tensors through the host SIMT layer (tests only, no autograd)."""
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    batch, n, dim = x.shape
+    k = a.shape[0]
+    a, p = a.contiguous(), p.contiguous()
+    acc = new_output((batch, k, dim), torch.float32, x.device)
+    lse = new_output((batch, k), torch.float32, x.device)
+    splits = splits or 1
+    part = torch.empty((batch, splits, k, dim + 2), dtype=torch.float32) if splits > 1 else acc
+    if batch and k:
+        _ext._emu.compress_folded(
+            x.data_ptr(), a.data_ptr(), p.data_ptr(), acc.data_ptr(), lse.data_ptr(), part.data_ptr(),
+            DTYPE_CODES[x.dtype], batch, n, dim, k, x.stride(0), x.stride(1), float(eps), splits,
+        )  # fmt: skip
+    return acc, lse
+
+
+if _ext._C is not None and hasattr(torch.ops.lmini, "compress_folded"):
+    torch.library.register_fake("lmini::compress_folded")(core_fake)
+    torch.library.register_autograd("lmini::compress_folded", core_autograd_backward, setup_context=core_setup)

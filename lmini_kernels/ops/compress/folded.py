@@ -1,0 +1,189 @@
+"""The folded and projected compression algorithms in plain PyTorch (exact up to rounding).
+
+Folded (see shared/design/llava-mini.md). With ``y_j = (x_j - mu_j) * r_j`` the LayerNorm of
+token j without its affine part, ``u_{q,h} = W_k,h^T q_h`` and ``s = 1/sqrt(d_head)``:
+
+    score_{k,j} = a_k . y_j + p_{k,j} (+ a constant per k that cancels in the softmax)
+    a_k = s * gamma_kv * u_k                       (K = Q*heads rows of width D)
+    p_{k,j} = s * u_k . pos_k_j                    (K x N table)
+    acc_k = sum_j softmax_j(score_k)_j y_j         (the streaming kernel's output, fp32)
+    o_{q,h} = (W_v,h * gamma_kv) acc_k + (W_v,h beta_kv + b_v,h)
+    out = out_proj(concat_h o_{q,h})
+
+So the kernel (``compress_core``: x, a, p -> acc, lse) reads x once; everything that depends
+only on parameters (a, p, the gamma-scaled value weights) is :class:`Folded`, computed by
+:func:`fold` and cached by the module. Its backward (:func:`core_backward`) is analytic and
+shared by every backend of the core.
+
+Projected: the official order (project keys and values, then attention) for resamplers where
+heads * Q >= D; plain PyTorch GEMMs + scaled_dot_product_attention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64, everything else accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass
+class Folded:
+    """Parameter-only tensors of the folded algorithm (all in the accumulation dtype).
+
+    a: (K, D) scaled folded queries, K = Q*heads (query-major: k = q*heads + h).
+    p: (K, N) key-position logits. wv: (heads, d_head, D) value weights times gamma_kv.
+    bv: (D,) value bias with W_v beta_kv folded in.
+    """
+
+    a: torch.Tensor
+    p: torch.Tensor
+    wv: torch.Tensor
+    bv: torch.Tensor
+
+
+def fold(
+    query: torch.Tensor,
+    pos_q: torch.Tensor,
+    pos_k: torch.Tensor,
+    ln_q_weight: torch.Tensor,
+    ln_q_bias: torch.Tensor,
+    ln_kv_weight: torch.Tensor,
+    ln_kv_bias: torch.Tensor,
+    in_proj_weight: torch.Tensor,
+    in_proj_bias: torch.Tensor,
+    num_heads: int,
+    eps: float,
+) -> Folded:
+    """Fold the query path, the key projection and LayerNorm_kv's affine into :class:`Folded`.
+
+    Differentiable (training recomputes it every step). Math in float32 (float64 stays)."""
+    acc = acc_dtype(query.dtype)
+    nq, dim = query.shape
+    dh = dim // num_heads
+    w_q, w_k, w_v = in_proj_weight.to(acc).chunk(3)
+    b_q, _, b_v = in_proj_bias.to(acc).chunk(3)
+    q_in = F.layer_norm(query.to(acc), (dim,), ln_q_weight.to(acc), ln_q_bias.to(acc), eps) + pos_q.to(acc)
+    q = F.linear(q_in, w_q, b_q).view(nq, num_heads, dh)
+    u = torch.einsum("qhe,hed->qhd", q, w_k.view(num_heads, dh, dim)).reshape(nq * num_heads, dim)
+    scale = 1.0 / math.sqrt(dh)
+    gamma, beta = ln_kv_weight.to(acc), ln_kv_bias.to(acc)
+    a = u * (gamma * scale)
+    p = (u @ pos_k.to(acc).t()) * scale
+    wv = (w_v * gamma).view(num_heads, dh, dim)
+    bv = w_v @ beta + b_v
+    return Folded(a.contiguous(), p.contiguous(), wv, bv)
+
+
+def core_torch(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The streaming core in PyTorch: acc (B, K, D) = softmax_j(a_k . y_j + p_kj) @ y, lse (B, K).
+
+    ``y`` = LayerNorm(x) without affine, in the accumulation dtype of ``a``."""
+    y = F.layer_norm(x.to(a.dtype), (x.shape[-1],), eps=eps)
+    s = torch.matmul(y, a.t()) + p.t()  # (B, N, K)
+    lse = torch.logsumexp(s, dim=1)  # (B, K)
+    prob = torch.exp(s - lse.unsqueeze(1))
+    return torch.matmul(prob.transpose(1, 2), y), lse
+
+
+def core_backward(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    p: torch.Tensor,
+    eps: float,
+    acc: torch.Tensor,
+    lse: torch.Tensor,
+    g_acc: torch.Tensor | None,
+    g_lse: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of the core for x, a and p, recomputing y and the probabilities.
+
+    With prob_kj = exp(s_kj - lse_k): ds_kj = prob_kj (y_j . G_k - acc_k . G_k + g_lse_k),
+    da_k = sum_j ds_kj y_j, dp_kj = ds_kj, dy_j = sum_k prob_kj G_k + ds_kj a_k, and the
+    LayerNorm backward dx_j = r_j (dy_j - mean(dy_j) - y_j mean(dy_j * y_j))."""
+    ad = a.dtype
+    xf = x.to(ad)
+    var, mu = torch.var_mean(xf, dim=-1, unbiased=False, keepdim=True)
+    r = torch.rsqrt(var + eps)
+    y = (xf - mu) * r
+    s = torch.matmul(y, a.t()) + p.t()
+    prob = torch.exp(s - lse.unsqueeze(1))  # (B, N, K)
+    g = torch.zeros_like(acc) if g_acc is None else g_acc.to(ad)
+    ds = torch.matmul(y, g.transpose(1, 2)) - (acc * g).sum(-1).unsqueeze(1)
+    if g_lse is not None:
+        ds = ds + g_lse.to(ad).unsqueeze(1)
+    ds = prob * ds
+    da = torch.einsum("bnk,bnd->kd", ds, y)
+    dp = ds.sum(0).t()
+    dy = torch.matmul(prob, g) + torch.matmul(ds, a)
+    dx = r * (dy - dy.mean(-1, keepdim=True) - y * (dy * y).mean(-1, keepdim=True))
+    return dx.to(x.dtype), da, dp.contiguous()
+
+
+def epilogue(
+    acc: torch.Tensor, f: Folded, out_proj_weight: torch.Tensor, out_proj_bias: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """acc (B, Q*heads, D) -> out (B, Q, D) in the accumulation dtype: per-head value
+    projection (gamma-folded) after the weighted sum, then out_proj."""
+    batch, k, dim = acc.shape
+    nq = k // num_heads
+    z = acc.view(batch * nq, num_heads, dim).transpose(0, 1)  # (H, B*Q, D)
+    o = torch.bmm(z, f.wv.transpose(1, 2))  # (H, B*Q, dh)
+    o = o.transpose(0, 1).reshape(batch, nq, dim) + f.bv
+    return F.linear(o, out_proj_weight.to(acc.dtype), out_proj_bias.to(acc.dtype))
+
+
+def attention_weights(x: torch.Tensor, f: Folded, num_heads: int, eps: float) -> torch.Tensor:
+    """Head-averaged attention weights (B, Q, N) from the folded scores (one extra pass)."""
+    y = F.layer_norm(x.to(f.a.dtype), (x.shape[-1],), eps=eps)
+    s = torch.matmul(y, f.a.t()) + f.p.t()  # (B, N, K)
+    prob = torch.softmax(s, dim=1)
+    batch, n, k = prob.shape
+    return prob.view(batch, n, k // num_heads, num_heads).mean(-1).transpose(1, 2)
+
+
+def compress_projected(
+    x: torch.Tensor,
+    query: torch.Tensor,
+    pos_q: torch.Tensor,
+    pos_k: torch.Tensor,
+    ln_q_weight: torch.Tensor,
+    ln_q_bias: torch.Tensor,
+    ln_kv_weight: torch.Tensor,
+    ln_kv_bias: torch.Tensor,
+    in_proj_weight: torch.Tensor,
+    in_proj_bias: torch.Tensor,
+    out_proj_weight: torch.Tensor,
+    out_proj_bias: torch.Tensor,
+    num_heads: int,
+    kv_proj_weight: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The plain order (keys and values projected for every token, then attention), batched
+    over all images in one call; math in x's dtype except LayerNorm/softmax statistics."""
+    dtype = x.dtype
+    if kv_proj_weight is not None:
+        x = F.linear(x, kv_proj_weight)
+    batch, n, dim = x.shape
+    nq, dh = query.shape[0], dim // num_heads
+    w_q, w_k, w_v = in_proj_weight.chunk(3)
+    b_q, b_k, b_v = in_proj_bias.chunk(3)
+    x_n = F.layer_norm(x, (dim,), ln_kv_weight, ln_kv_bias, eps)
+    q_in = F.layer_norm(query, (dim,), ln_q_weight, ln_q_bias, eps) + pos_q.to(dtype)
+    q = F.linear(q_in, w_q, b_q).view(1, nq, num_heads, dh).transpose(1, 2).expand(batch, -1, -1, -1)
+    k = F.linear(x_n + pos_k.to(dtype), w_k, b_k).view(batch, n, num_heads, dh).transpose(1, 2)
+    v = F.linear(x_n, w_v, b_v).view(batch, n, num_heads, dh).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k, v)  # (B, H, Q, dh)
+    out = F.linear(o.transpose(1, 2).reshape(batch, nq, dim), out_proj_weight, out_proj_bias)
+    attn = None
+    if need_weights:
+        s = torch.matmul(q.to(acc_dtype(dtype)), k.to(acc_dtype(dtype)).transpose(-1, -2)) / math.sqrt(dh)
+        attn = torch.softmax(s, dim=-1).mean(1).to(dtype)
+    return out, attn
