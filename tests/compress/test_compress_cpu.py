@@ -1,0 +1,190 @@
+"""compress on the reference and cpu backends, both algorithms, against a float64 oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from compress_helpers import args_of, make_params, oracle, run
+from utils import TOLERANCE, assert_close, non_contiguous, randn
+
+import lmini_kernels as lk
+from lmini_kernels.ops.compress.api import choose_algorithm
+from lmini_kernels.ops.compress.core import core_cpp, core_torch_op
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("batch", "grid", "c", "heads", "dh"),
+    [(3, 5, 1, 8, 9), (2, 13, 2, 1, 12), (4, 1, 1, 3, 4), (2, 5, 3, 2, 8), (1, 37, 1, 4, 4)],
+)
+def test_cpu_folded_matches_float64(batch, grid, c, heads, dh, dtype):
+    dim = heads * dh
+    p = make_params(dim, heads, c, grid, dtype)
+    x = randn(batch, grid * grid, dim, dtype=dtype, scale=2.0) + 0.5
+    ref, ref_w = oracle(x, p, heads, need_weights=True)
+    out, w = run(x, p, heads, "cpu", algorithm="folded", need_weights=True)
+    assert out.dtype == dtype and out.shape == (batch, c * c, dim)
+    assert_close(out, ref)
+    assert_close(w, ref_w)
+    torch.testing.assert_close(w.double().sum(-1), torch.ones(batch, c * c, dtype=torch.float64), atol=1e-2, rtol=0)
+
+
+def test_cpu_real_shape_fp32_and_noncontiguous_batch():
+    """LLaVA-Mini's shape (N = 24*24, D = 1024, 8 heads, C = 1), batch strides not contiguous."""
+    p = make_params(1024, 8, 1, 24)
+    x = non_contiguous(randn(3, 576, 1024) * 3 + 1, dim=0)
+    out, _ = run(x, p, 8, "cpu")
+    assert_close(out, oracle(x, p, 8)[0])
+
+
+def test_cpu_hd_shape_c8():
+    """HD: N = 48*48, C = 8 (64 queries); auto picks folded (8 * 64 < 1024)."""
+    p = make_params(1024, 8, 8, 48)
+    x = randn(1, 2304, 1024)
+    assert choose_algorithm("auto", 64, 8, 1024) == "folded"
+    out, w = run(x, p, 8, "cpu", need_weights=True)
+    ref, ref_w = oracle(x, p, 8, need_weights=True)
+    assert_close(out, ref)
+    assert_close(w, ref_w)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16))
+def test_projected_algorithm(dtype):
+    heads, dh, c, grid = 4, 4, 3, 5  # heads * C*C = 36 >= D = 16: auto picks projected
+    p = make_params(heads * dh, heads, c, grid, dtype)
+    assert choose_algorithm("auto", c * c, heads, heads * dh) == "projected"
+    x = non_contiguous(randn(3, grid * grid, heads * dh, dtype=dtype), dim=1)
+    ref, ref_w = oracle(x, p, heads, need_weights=True)
+    for algorithm in ("auto", "projected", "folded"):
+        out, w = run(x, p, heads, "cpu", algorithm=algorithm, need_weights=True)
+        assert_close(out, ref, factor=2.0 if dtype == torch.float16 else 1.0)
+        assert_close(w, ref_w, factor=2.0 if dtype == torch.float16 else 1.0)
+
+
+@pytest.mark.parametrize("backend", ("reference", "cpu"))
+def test_kv_proj(backend):
+    p = make_params(24, 3, 2, 5, kv_dim=40)
+    x = randn(2, 25, 40)
+    out, _ = run(x, p, 3, backend)
+    assert_close(out, oracle(x, p, 3)[0])
+
+
+def test_reference_float64_is_exact():
+    p = make_params(20, 2, 2, 5, torch.float64)
+    x = randn(2, 25, 20, dtype=torch.float64)
+    out, _ = run(x, p, 2, "auto")
+    assert_close(out, oracle(x, p, 2)[0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("splits", (1, 2, 5))
+def test_core_splits_are_merged(splits):
+    """The token-chunk split and its online-softmax merge (forced, any split count)."""
+    x = randn(3, 49, 40, dtype=torch.float64)
+    a, pp = randn(5, 40, dtype=torch.float64) * 0.5, randn(5, 49, dtype=torch.float64)
+    acc_ref, lse_ref = core_torch_op(x, a, pp, 1e-5)
+    acc, lse = core_cpp(x.float(), a.float(), pp.float(), 1e-5, splits)
+    assert_close(acc, acc_ref, dtype=torch.float32)
+    assert_close(lse, lse_ref, dtype=torch.float32)
+
+
+def test_gradcheck_reference_float64():
+    heads, dh, c, grid = 2, 4, 2, 3
+    p = make_params(heads * dh, heads, c, grid, torch.float64, kv_dim=6)
+    x = randn(2, grid * grid, 6, dtype=torch.float64)
+    names = ("query", "ln_q_weight", "ln_q_bias", "ln_kv_weight", "ln_kv_bias", "in_proj_weight", "in_proj_bias",
+             "out_proj_weight", "out_proj_bias", "kv_proj_weight")  # fmt: skip
+
+    def f(x, *vals):
+        q = dict(p, **dict(zip(names, vals, strict=True)))
+        return run(x, q, heads, "reference")[0]
+
+    inputs = [x.requires_grad_()] + [p[n].clone().requires_grad_() for n in names]
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+def test_gradcheck_folded_core_float64():
+    """The analytic backward shared by every backend of the core, against finite differences."""
+    x = randn(2, 9, 6, dtype=torch.float64).requires_grad_()
+    a = (randn(4, 6, dtype=torch.float64) * 0.7).requires_grad_()
+    pp = randn(4, 9, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, a, p: core_torch_op(x, a, p, 1e-5), (x, a, pp))
+
+
+@pytest.mark.parametrize("with_kv", (False, True))
+def test_cpu_backward_matches_reference(with_kv):
+    """Gradients for x, query, both LayerNorms and all projections through the C++ op."""
+    heads, dh, c, grid = 3, 8, 2, 5
+    p = make_params(heads * dh, heads, c, grid, kv_dim=20 if with_kv else None)
+    x = randn(3, grid * grid, 20 if with_kv else heads * dh)
+    g = randn(3, c * c, heads * dh)
+    names = [n for n in p if n not in ("pos_q", "pos_k")]
+
+    def grads(backend, dtype):
+        q = {n: v.to(dtype).requires_grad_(n in names) for n, v in p.items()}
+        xx = x.to(dtype).requires_grad_()
+        out, _ = run(xx, q, heads, backend)
+        (out * g.to(dtype)).sum().backward()
+        return [xx.grad] + [q[n].grad for n in names]
+
+    ref = grads("reference", torch.float64)
+    got = grads("cpu", torch.float32)
+    for name, gr, gc in zip(["x"] + names, ref, got, strict=True):
+        assert gc is not None, name
+        assert_close(gc, gr, dtype=torch.float32, factor=10.0)
+
+
+def test_opcheck_core_ops():
+    x = randn(2, 9, 12)
+    a, pp = randn(6, 12) * 0.5, randn(6, 9)
+    torch.library.opcheck(torch.ops.lmini.compress_folded.default, (x, a, pp, 1e-5, 0))
+    torch.library.opcheck(core_torch_op, (x, a, pp, 1e-5))
+
+
+def test_tolerances_are_the_issue_bounds():
+    assert TOLERANCE[torch.float32] == 1e-5 and TOLERANCE[torch.float16] == 2e-3 and TOLERANCE[torch.bfloat16] == 1e-2
+
+
+def _bad_call(**over):
+    p = make_params(16, 4, 2, 3)
+    x = randn(2, 9, 16)
+    kw = dict(x=x, heads=4, backend="auto")
+    kw.update({k: v for k, v in over.items() if k in ("x", "heads", "backend", "algorithm")})
+    p.update({k: v for k, v in over.items() if k in p or k == "kv_proj_weight"})
+    extra = {"algorithm": kw["algorithm"]} if "algorithm" in kw else {}
+    return lk.compress(kw["x"], *args_of(p), kw["heads"], kv_proj_weight=p.get("kv_proj_weight"),
+                       backend=kw["backend"], **extra)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("over", "words"),
+    [
+        (dict(x=randn(2, 10, 16)), ("x.shape[1]", "square")),
+        (dict(x=randn(9, 16)), ("x", "3 dimensions")),
+        (dict(heads=5), ("num_heads",)),
+        (dict(heads=0), ("num_heads", "positive")),
+        (dict(query=randn(3, 16)), ("query.shape[0]", "square")),
+        (dict(in_proj_weight=randn(48, 15)), ("in_proj_weight", "(48, 16)")),
+        (dict(out_proj_bias=randn(15)), ("out_proj_bias", "(16)")),
+        (dict(ln_kv_weight=randn(16, dtype=torch.float64)), ("ln_kv_weight", "dtype")),
+        (dict(pos_k=randn(8, 16)), ("pos_k", "(9, 16)")),
+        (dict(x=randn(2, 9, 20)), ("x.shape[2]", "kv_proj_weight")),
+        (dict(kv_proj_weight=randn(16, 12)), ("kv_proj_weight", "(16, 16)")),
+        (dict(algorithm="fast"), ("algorithm",)),
+        (dict(backend="nope"), ("unknown backend",)),
+        (dict(x=randn(2, 9, 16, dtype=torch.float64), backend="cpu"), ("x", "float64")),
+    ],
+)
+def test_errors_name_the_argument(over, words):
+    with pytest.raises((ValueError, TypeError)) as info:
+        _bad_call(**over)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_device_mismatch_is_named():
+    p = make_params(16, 4, 1, 3)
+    p["query"] = p["query"].to("meta")
+    with pytest.raises(ValueError, match="query is on meta"):
+        run(randn(2, 9, 16), p, 4, "auto")
