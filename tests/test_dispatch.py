@@ -76,3 +76,23 @@ def test_lmini_info_prints_backends():
     assert "cpu*" in text and "reference*" in text
     assert text.strip().splitlines()[-1].startswith("GPU:")
     assert "Traceback" not in out.stderr
+
+
+def test_cuda_refusal_when_built_without_cuda(monkeypatch):
+    from lmini_kernels import _ext
+
+    monkeypatch.setenv("LMINI_CUDA_EMULATE", "0")
+    monkeypatch.setattr(_ext, "compiled_cuda", lambda: False)
+    monkeypatch.setattr(
+        _ext, "build_info", lambda: {"backends_compiled": ["cpu"], "cuda_skipped_because": "no CUDA toolkit found"}
+    )
+    with pytest.raises(lk.NotSupportedError, match="built without CUDA kernels \\(no CUDA toolkit found\\)"):
+        lk.row_softmax(randn(2, 3), backend="cuda")
+    assert "cuda" not in lk.available_backends("row_softmax")
+
+
+def test_triton_refusal_without_gpu_or_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(lk.NotSupportedError, match="no CUDA GPU here; set TRITON_INTERPRET=1"):
+        lk.row_softmax(randn(2, 3), backend="triton")
