@@ -21,7 +21,7 @@ from lmini_kernels.ops.compress.reference import compress_reference
 ALGORITHMS = ("auto", "folded", "projected")
 
 # Widest embed_dim each GPU kernel keeps in registers (see their kernel files).
-TRITON_MAX_DIM = 2048
+TRITON_MAX_DIM = 1024
 CUDA_MAX_DIM = 4096
 
 
