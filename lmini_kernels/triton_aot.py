@@ -20,6 +20,7 @@ from typing import Any
 # Modules that define AOT_SPECS. A new Triton kernel file adds itself here.
 TRITON_MODULES = [
     "lmini_kernels.ops.row_softmax.triton",
+    "lmini_kernels.ops.prefusion_attention.triton",
     "lmini_kernels.ops.compress.triton",
 ]
 

@@ -16,7 +16,7 @@ from lmini_kernels.ops.prefusion_attention.reference import (
 
 # Head dims the compiled kernels take (the reference takes any).
 CPU_MAX_HEAD_DIM = 256
-TRITON_HEAD_DIMS = (32, 64, 80, 96, 128, 256)
+TRITON_HEAD_DIMS = (64, 80, 96, 128)
 CUDA_HEAD_DIMS = (64, 80, 96, 128)
 
 
@@ -101,7 +101,7 @@ def prefusion_attention(
         key_padding_mask: optional (B, Lk) bool, True = ignore that key.
         softmax_scale: default 1/sqrt(d).
         backend: "auto", "reference", "cpu", "triton" or "cuda". Head dims: any on the
-            reference, up to 256 on cpu, 32/64/80/96/128/256 on triton, 64/80/96/128 on cuda.
+            reference, up to 256 on cpu, 64/80/96/128 on triton and cuda.
 
     Returns:
         (B, Lq, Hq, d) contiguous, in q's dtype; softmax and accumulation in float32. A query

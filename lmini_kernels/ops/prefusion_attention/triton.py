@@ -1,0 +1,331 @@
+"""Triton pre-fusion attention: flash-attention forward (online softmax) and backward.
+
+Layout as flash-attn: q (B, Lq, Hq, d), k and v (B, Lk, Hkv, d), out (B, Lq, Hq, d); the
+queries are the last Lq of the Lk positions, so the causal mask is aligned to the
+bottom-right (query i sees keys j <= Lk - Lq + i); key_padding_mask (B, Lk) hides keys; GQA
+maps query head h to kv head h // (Hq // Hkv). A row with no visible key gives zeros.
+
+Forward, grid (cdiv(Lq, BLOCK_M), B * Hq, splits): one program holds BLOCK_M query rows of
+one head in registers and streams BLOCK_N-key tiles of K and V, keeping the running max and
+sum in fp32 (log2 domain: the scale is folded with log2(e) so the kernel uses exp2). With
+splits > 1 (few queries, many keys: the text suffix over a cached vision prefix, where
+cdiv(Lq, BLOCK_M) * B * Hq programs would leave most SMs idle) each program takes one slice
+of the keys and writes an unnormalised partial result; ``prefusion_attn_combine_kernel``
+merges the slices.
+FLOPs: 4 * B * Hq * d * (visible query-key pairs). Bytes: q, out once; k, v once per query
+block (per split) -- compute-bound at the 620 x 620 causal shape, memory-bound for Lq = 44
+when not split.
+
+Backward (flash-attention 2 scheme): ``delta = rowsum(dO * O)``; one program per (key block,
+kv head) accumulates dK and dV over every query block of every query head of its GQA group
+(no atomics); one program per (query block, query head) accumulates dQ over the key blocks.
+The scores are recomputed from the saved log-sum-exp.
+
+fp32 inputs use IEEE fp32 dot products (not tf32) so they meet fp32 tolerances; bf16 is
+refused under the interpreter (it computes bf16 on raw bits, see verification.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from lmini_kernels.backends import new_output
+from lmini_kernels.triton_aot import AotSpec
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def prefusion_attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, ws_o_ptr, ws_ml_ptr,
+    sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
+    lq, lk, hq, group, keys_per_split, scale_log2,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, SPLIT: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    b = (pid_bh // hq).to(tl.int64)  # int64: b * stride can pass 2^31
+    h = pid_bh % hq
+    hk = h // group
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < lq
+    q = tl.load(
+        q_ptr + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :],
+        mask=m_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    k_base = k_ptr + b * skb + hk * skh
+    v_base = v_ptr + b * svb + hk * svh
+    shift = lk - lq  # query i is position shift + i
+    hi = lk
+    if CAUSAL:
+        hi = tl.minimum(lk, shift + (pid_m + 1) * BLOCK_M)
+    lo = pid_s * keys_per_split
+    hi = tl.minimum(hi, lo + keys_per_split)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < hi
+        kt = tl.load(k_base + offs_n[None, :] * skl + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * scale_log2
+        visible = n_ok[None, :] & m_ok[:, None]
+        if HAS_MASK:
+            pad = tl.load(mask_ptr + b * lk + offs_n, mask=n_ok, other=1)
+            visible = visible & (pad == 0)[None, :]
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= shift + offs_m[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet: no NaN
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None] * svl + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    if SPLIT:
+        # Unnormalised partials: ws_o (B*Hq, splits, Lq, HEAD_DIM), ws_ml (B*Hq, splits, 2, Lq).
+        nsplit = tl.num_programs(2)
+        row = (pid_bh * nsplit + pid_s).to(tl.int64)
+        tl.store(
+            ws_o_ptr + (row * lq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :],
+            acc,
+            mask=m_ok[:, None] & d_ok[None, :],
+        )
+        tl.store(ws_ml_ptr + row * 2 * lq + offs_m, m_i, mask=m_ok)
+        tl.store(ws_ml_ptr + row * 2 * lq + lq + offs_m, l_i, mask=m_ok)
+    else:
+        inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)  # no visible key: zeros
+        out = acc * inv[:, None]
+        tl.store(
+            o_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :],
+            out.to(o_ptr.dtype.element_ty),
+            mask=m_ok[:, None] & d_ok[None, :],
+        )
+        lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        tl.store(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, lse, mask=m_ok)
+
+
+@triton.jit
+def prefusion_attn_combine_kernel(
+    ws_o_ptr, ws_ml_ptr, o_ptr, lse_ptr, lq, hq, nsplit,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Merge the split partials of BLOCK_M rows of one (batch, head): grid (cdiv(Lq, BLOCK_M), B * Hq)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // hq).to(tl.int64)
+    h = pid_bh % hq
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < lq
+    d_ok = offs_d < HEAD_DIM
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for s in range(0, nsplit):
+        row = pid_bh.to(tl.int64) * nsplit + s
+        m_s = tl.load(ws_ml_ptr + row * 2 * lq + offs_m, mask=m_ok, other=float("-inf"))
+        l_s = tl.load(ws_ml_ptr + row * 2 * lq + lq + offs_m, mask=m_ok, other=0.0)
+        o_s = tl.load(
+            ws_o_ptr + (row * lq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :],
+            mask=m_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        m_new = tl.maximum(m_i, m_s)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        a_old = tl.exp2(m_i - m_use)
+        a_new = tl.exp2(m_s - m_use)
+        l_i = l_i * a_old + l_s * a_new
+        acc = acc * a_old[:, None] + o_s * a_new[:, None]
+        m_i = m_new
+    inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
+    tl.store(
+        o_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :],
+        (acc * inv[:, None]).to(o_ptr.dtype.element_ty),
+        mask=m_ok[:, None] & d_ok[None, :],
+    )
+    lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+    tl.store(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, lse, mask=m_ok)
+
+
+def _inner_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+SPLIT_BLOCK_M = 16  # few queries: 16-row blocks, the tl.dot minimum
+
+
+def _config(split: bool, dtype: torch.dtype) -> tuple[int, int, int]:
+    """BLOCK_M, BLOCK_N, num_warps. Chosen from ahead-of-time compiles for sm_80 and sm_90 as
+    the largest tiles with no register spills for head dims 64-128 (AOT_SPECS checks them):
+    fp32 (IEEE dots, no tensor cores) needs much smaller tiles than fp16/bf16."""
+    if dtype == torch.float32:
+        return (SPLIT_BLOCK_M, 16, 4) if split else (32, 16, 8)
+    return (SPLIT_BLOCK_M, 32, 4) if split else (64, 32, 8)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 132  # the interpreter: pretend an H100 so the split path is chosen as on one
+
+
+def choose_splits(b: int, hq: int, lq: int, lk: int, block_m: int, block_n: int, device: torch.device) -> int:
+    """Key slices per query block: enough programs to fill the GPU twice when few query blocks
+    exist, each slice at least 4 key tiles long."""
+    programs = b * hq * triton.cdiv(lq, block_m)
+    target = 2 * _num_sms(device)
+    if programs >= target:
+        return 1
+    return max(1, min(triton.cdiv(target, programs), lk // (4 * block_n)))
+
+
+def attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None,
+    scale: float,
+    splits: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward; returns out (B, Lq, Hq, d) and the base-2 log-sum-exp (B, Hq, Lq)
+    of the scaled scores (-inf for rows with no visible key). ``splits`` 0 = choose."""
+    q, k, v = _inner_contiguous(q), _inner_contiguous(k), _inner_contiguous(v)
+    b, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    out = new_output((b, lq, hq, d), q.dtype, q.device)
+    lse = torch.empty((b, hq, lq), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    if splits <= 0:
+        _, block_n, _ = _config(True, q.dtype)
+        splits = choose_splits(b, hq, lq, lk, SPLIT_BLOCK_M, block_n, q.device)
+    block_m, block_n, warps = _config(splits > 1, q.dtype)
+    keys_per_split = triton.cdiv(triton.cdiv(lk, splits), block_n) * block_n
+    splits = triton.cdiv(lk, keys_per_split)
+    mask = q if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
+    split = splits > 1
+    ws_o = torch.empty((b * hq, splits, lq, d) if split else (1,), dtype=torch.float32, device=q.device)
+    ws_ml = torch.empty((b * hq, splits, 2, lq) if split else (1,), dtype=torch.float32, device=q.device)
+    block_d = triton.next_power_of_2(d)
+    grid = (triton.cdiv(lq, block_m), b * hq, splits)
+    prefusion_attn_fwd_kernel[grid](
+        q, k, v, mask, out, lse, ws_o, ws_ml,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        lq, lk, hq, hq // hkv, keys_per_split, scale * LOG2E,
+        HAS_MASK=key_padding_mask is not None, CAUSAL=causal, SPLIT=split, HEAD_DIM=d, BLOCK_D=block_d,
+        BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=warps, num_stages=2,
+    )  # fmt: skip
+    if split:
+        prefusion_attn_combine_kernel[(triton.cdiv(lq, SPLIT_BLOCK_M), b * hq)](
+            ws_o, ws_ml, out, lse, lq, hq, splits, HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=SPLIT_BLOCK_M, num_warps=4
+        )
+    return out, lse
+
+
+@torch.library.custom_op("lmini::prefusion_attention_triton", mutates_args=())
+def prefusion_attention_triton_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None,
+    scale: float,
+    splits: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton forward as a torch op: (out, base-2 log-sum-exp (B, Hq, Lq))."""
+    return attention_forward(q, k, v, causal, key_padding_mask, scale, splits)
+
+
+@prefusion_attention_triton_op.register_fake
+def _(q, k, v, causal, key_padding_mask, scale, splits):
+    b, lq, hq, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((b, hq, lq), dtype=torch.float32)
+
+
+def _setup(ctx, inputs, output) -> None:
+    q, k, v, causal, key_padding_mask, scale, _ = inputs
+    out, lse = output
+    ctx.causal, ctx.scale = causal, scale
+    ctx.save_for_backward(q, k, v, key_padding_mask, out, lse)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    from lmini_kernels.ops.prefusion_attention.reference import prefusion_attention_backward
+
+    q, k, v, key_padding_mask, out, lse = ctx.saved_tensors
+    dq, dk, dv = prefusion_attention_backward(grad_out, q, k, v, ctx.causal, key_padding_mask, ctx.scale)
+    return dq, dk, dv, None, None, None, None
+
+
+prefusion_attention_triton_op.register_autograd(_backward, setup_context=_setup)
+
+
+def prefusion_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None,
+    scale: float,
+    splits: int = 0,
+) -> torch.Tensor:
+    """Output of the Triton forward (differentiable); ``splits`` 0 chooses the key split."""
+    return prefusion_attention_triton_op(q, k, v, causal, key_padding_mask, scale, splits)[0]
+
+
+def _fwd_signature(dt: str) -> dict[str, str]:
+    sig = {name: f"*{dt}" for name in ("q_ptr", "k_ptr", "v_ptr")}
+    sig.update({"mask_ptr": "*u8", "o_ptr": f"*{dt}", "lse_ptr": "*fp32", "ws_o_ptr": "*fp32", "ws_ml_ptr": "*fp32"})
+    sig.update({s: "i64" for s in ("sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl", "svh")})
+    sig.update({"lq": "i32", "lk": "i32", "hq": "i32", "group": "i32", "keys_per_split": "i32", "scale_log2": "fp32"})
+    return sig
+
+
+AOT_SPECS = [
+    AotSpec(
+        name=f"prefusion_attn_fwd[{dt},d={d},split={split}]",
+        fn=prefusion_attn_fwd_kernel,
+        signature=_fwd_signature(dt),
+        constexprs={
+            "HAS_MASK": True,
+            "CAUSAL": True,
+            "SPLIT": split,
+            "HEAD_DIM": d,
+            "BLOCK_D": triton.next_power_of_2(d),
+            "BLOCK_M": _config(split, tdt)[0],
+            "BLOCK_N": _config(split, tdt)[1],
+            "DOT_PRECISION": "ieee" if dt == "fp32" else "tf32",
+        },
+        num_warps=_config(split, tdt)[2],
+        num_stages=2,
+    )
+    for dt, tdt in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32))
+    for d in (64, 80, 96, 128)
+    for split in (False, True)
+] + [
+    AotSpec(
+        name=f"prefusion_attn_combine[{dt},d={d}]",
+        fn=prefusion_attn_combine_kernel,
+        signature={"ws_o_ptr": "*fp32", "ws_ml_ptr": "*fp32", "o_ptr": f"*{dt}", "lse_ptr": "*fp32"}
+        | {"lq": "i32", "hq": "i32", "nsplit": "i32"},
+        constexprs={"HEAD_DIM": d, "BLOCK_D": triton.next_power_of_2(d), "BLOCK_M": SPLIT_BLOCK_M},
+        num_warps=4,
+    )
+    for dt in ("fp16", "bf16", "fp32")
+    for d in (64, 128)
+]
