@@ -468,10 +468,10 @@ def _t(x: float | None, width: int = 7, digits: int = 3) -> str:
 def format_table(doc: dict[str, object]) -> str:
     """TFLOPs per component beside the paper's figures, and the paper's inconsistencies."""
     models: dict[str, dict[str, int]] = doc["models"]  # type: ignore[assignment]
+    what = "weight matmuls only: 2 x parameters x tokens" if doc["convention"] == "paper" else "every matmul"
     lines = [
         f"FLOPs per request, one 336 px image (672 px where named), {doc['text_tokens']} text tokens, "
-        f"convention '{doc['convention']}' "
-        + ("(weight matmuls only: 2 x parameters x tokens)" if doc["convention"] == "paper" else "(every matmul, attention included)"),
+        f"convention '{doc['convention']}' ({what})",
         "TFLOPs; in brackets the paper's total; saved = FLOPs saved against LLaVA-v1.5 at the same resolution.",
         "",
         f"{'model':32s} {'ViT':>7s} {'proj':>7s} {'compr':>7s} {'prefus':>7s} {'LLM':>8s} {'total':>8s} "
