@@ -17,6 +17,7 @@ from lmini_kernels.ops.compress.folded import (
 )
 from lmini_kernels.ops.compress.positions import square_side
 from lmini_kernels.ops.compress.reference import compress_reference
+from lmini_kernels.profiling.nvtx import annotate
 
 ALGORITHMS = ("auto", "folded", "projected")
 
@@ -100,6 +101,7 @@ _REG.register(cpu_backend(_fused(core.core_cpp)))
 _REG.register(reference_backend(_run_reference))
 
 
+@annotate("lmini::compress")
 def compress(
     x: torch.Tensor,
     query: torch.Tensor,

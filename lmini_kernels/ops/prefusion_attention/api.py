@@ -13,6 +13,7 @@ from lmini_kernels.ops.prefusion_attention.reference import (
     autograd_setup,
     prefusion_attention_reference,
 )
+from lmini_kernels.profiling.nvtx import annotate
 
 # Head dims the compiled kernels take (the reference takes any).
 CPU_MAX_HEAD_DIM = 256
@@ -80,6 +81,7 @@ _REG.register(cpu_backend(_run_cpp, check=_check_cpu))
 _REG.register(reference_backend(prefusion_attention_reference))
 
 
+@annotate("lmini::prefusion_attention")
 def prefusion_attention(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -8,6 +8,7 @@ from lmini_kernels import _ext
 from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, new_output, reference_backend, triton_backend
 from lmini_kernels.dispatch import check_tensor, registry
 from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup, row_softmax_reference
+from lmini_kernels.profiling.nvtx import annotate
 
 
 def _run_cpp(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -38,6 +39,7 @@ _REG.register(cpu_backend(_run_cpp))
 _REG.register(reference_backend(row_softmax_reference))
 
 
+@annotate("lmini::row_softmax")
 def row_softmax(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch.Tensor:
     """Softmax of ``scale * x`` over the last dimension.
 
