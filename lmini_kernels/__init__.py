@@ -6,7 +6,7 @@ chosen by ``backend="auto"`` or named explicitly; see :func:`available_backends`
 
 from lmini_kernels._ext import build_info
 from lmini_kernels.dispatch import NotSupportedError, available_backends
-from lmini_kernels.modules import FusedResampler
+from lmini_kernels.modules import FusedPreFusion, FusedResampler
 from lmini_kernels.ops.compress import compress, compress_positions, get_2d_sincos_pos_embed
 from lmini_kernels.ops.prefusion_attention import prefusion_attention
 from lmini_kernels.ops.row_softmax import row_softmax
@@ -14,6 +14,7 @@ from lmini_kernels.ops.row_softmax import row_softmax
 __version__ = "0.1.0"
 
 __all__ = [
+    "FusedPreFusion",
     "FusedResampler",
     "NotSupportedError",
     "__version__",

@@ -17,7 +17,7 @@ from lmini_kernels.profiling.nvtx import annotate
 
 # Head dims the compiled kernels take (the reference takes any).
 CPU_MAX_HEAD_DIM = 256
-TRITON_HEAD_DIMS = (64, 80, 96, 128)
+TRITON_HEAD_DIMS = (16, 32, 64, 80, 96, 128)  # 16, 32: small models (tests)
 CUDA_HEAD_DIMS = (64, 80, 96, 128)
 
 
@@ -103,7 +103,7 @@ def prefusion_attention(
         key_padding_mask: optional (B, Lk) bool, True = ignore that key.
         softmax_scale: default 1/sqrt(d).
         backend: "auto", "reference", "cpu", "triton" or "cuda". Head dims: any on the
-            reference, up to 256 on cpu, 64/80/96/128 on triton and cuda.
+            reference, up to 256 on cpu, 16/32/64/80/96/128 on triton, 64/80/96/128 on cuda.
 
     Returns:
         (B, Lq, Hq, d) contiguous, in q's dtype; softmax and accumulation in float32. A query

@@ -1,0 +1,367 @@
+"""FusedPreFusion: LLaVA-Mini's modality pre-fusion without the official code's redundant work.
+
+The official pre-fusion runs ``num_layers`` LLaMA decoder layers (HF ``LlamaDecoderLayer``:
+RMSNorm, RoPE, GQA attention, SwiGLU; no final norm) over ``[vision (Nv), compressed (Q),
+text (L)]`` with a causal mask, padded text positions hidden as keys, position ids
+``cumsum(not padded) - 1`` (padded positions get 1), and keeps only the last ``Q + L`` rows
+(padded text rows get their raw embeddings back). This module gives the same kept rows while
+
+1. **pruning the last layer**: there only the kept rows get a query, attention output,
+   O-projection and MLP; the vision rows contribute K and V only;
+2. **caching the vision prefix**: under the causal mask the ``Nv + Q`` prefix rows never see
+   the text, so their per-layer K/V and the compressed outputs depend on the image alone.
+   :meth:`FusedPreFusion.prefill` computes them once; :meth:`FusedPreFusion.fuse` runs only the
+   ``L`` text rows of a question against the cached K/V (positions continue at ``Nv + Q``);
+3. **batching frames**: :meth:`FusedPreFusion.fuse_video` runs a chunk of frames' prefixes as
+   one batch and the shared question against every frame of the chunk in one batched call,
+   accumulating the float32 sum over frames (the official mean), so memory grows with the
+   chunk, not with the video.
+
+Parameter names are those of HF ``LlamaDecoderLayer`` (``layers.{i}.self_attn.q_proj.weight``,
+``layers.{i}.mlp.gate_proj.weight``, ``layers.{i}.input_layernorm.weight``, ...), so the
+pre-fusion layers of the reference model (``model.prefusion_layers``) or of an HF checkpoint
+load directly; :meth:`FusedPreFusion.from_layers` shares the parameters instead of copying.
+Attention runs through :func:`lmini_kernels.prefusion_attention` (suffix queries over a
+prefix, bottom-right causal, key padding, GQA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmini_kernels.ops.prefusion_attention import prefusion_attention
+
+__all__ = ["FusedPreFusion", "PrefusionCache"]
+
+
+@dataclass
+class PrefusionCache:
+    """What a question needs from one image (or a batch of images/frames).
+
+    ``keys[l]``, ``values[l]``: (B, P, Hkv, d) keys (RoPE applied) and values of the P = Nv + Q
+    prefix rows in layer l; ``compressed``: (B, Q, hidden), the pre-fusion output of the Q
+    compressed rows (question-independent).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    compressed: torch.Tensor
+
+    @property
+    def prefix_len(self) -> int:
+        return self.keys[0].shape[1]
+
+    @property
+    def batch(self) -> int:
+        return self.compressed.shape[0]
+
+    def nbytes(self) -> int:
+        """Bytes held by the cache."""
+        return sum(t.numel() * t.element_size() for t in [*self.keys, *self.values, self.compressed])
+
+
+class _RMSNorm(nn.Module):
+    """LLaMA RMSNorm in HF order: normalise in float32, cast back, then scale."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class _Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_heads: int) -> None:
+        super().__init__()
+        d = hidden // heads
+        self.q_proj = nn.Linear(hidden, heads * d, bias=False)
+        self.k_proj = nn.Linear(hidden, kv_heads * d, bias=False)
+        self.v_proj = nn.Linear(hidden, kv_heads * d, bias=False)
+        self.o_proj = nn.Linear(heads * d, hidden, bias=False)
+
+
+class _MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _Layer(nn.Module):
+    """Parameter container with HF ``LlamaDecoderLayer`` names; the math is in FusedPreFusion."""
+
+    def __init__(self, hidden: int, heads: int, kv_heads: int, intermediate: int, eps: float) -> None:
+        super().__init__()
+        self.self_attn = _Attention(hidden, heads, kv_heads)
+        self.mlp = _MLP(hidden, intermediate)
+        self.input_layernorm = _RMSNorm(hidden, eps)
+        self.post_attention_layernorm = _RMSNorm(hidden, eps)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class FusedPreFusion(nn.Module):
+    """LLaVA-Mini pre-fusion with last-layer pruning, a vision-prefix cache and batched frames.
+
+    Args:
+        hidden_size, num_heads, num_kv_heads, intermediate_size, num_layers, rms_norm_eps: the
+            LLaMA layer shapes (the LLM's own; 4096 / 32 / 32 / 11008 / 4 / 1e-5 for
+            LLaVA-Mini on Vicuna-7B).
+        inv_freq: RoPE inverse frequencies (head_dim / 2,), float32, already scaled for
+            LLaMA-3.1 if the LLM uses that scaling.
+        backend: backend of :func:`lmini_kernels.prefusion_attention`.
+
+    Use :meth:`forward` for one question, or :meth:`prefill` once per image and :meth:`fuse`
+    per question, or :meth:`fuse_video` for a video. Inputs are in the parameters' dtype.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int,
+        intermediate_size: int,
+        num_layers: int,
+        rms_norm_eps: float,
+        inv_freq: torch.Tensor,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if hidden_size % num_heads or num_heads % num_kv_heads:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must divide into num_heads ({num_heads}) and num_heads into "
+                f"num_kv_heads ({num_kv_heads})"
+            )
+        if num_layers < 1:
+            raise ValueError(f"num_layers: expected at least 1, got {num_layers}")
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = hidden_size // num_heads
+        if inv_freq.shape != (self.head_dim // 2,):
+            raise ValueError(f"inv_freq: expected shape ({self.head_dim // 2},), got {tuple(inv_freq.shape)}")
+        self.backend = backend
+        self.layers = nn.ModuleList(
+            _Layer(hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps) for _ in range(num_layers)
+        )
+        self.register_buffer("inv_freq", inv_freq.detach().float().clone(), persistent=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_layers(
+        cls,
+        layers: Iterable[nn.Module],
+        *,
+        num_heads: int,
+        num_kv_heads: int,
+        rms_norm_eps: float,
+        inv_freq: torch.Tensor,
+        backend: str = "auto",
+    ) -> FusedPreFusion:
+        """Wrap existing decoder layers with HF ``LlamaDecoderLayer`` parameter names (the
+        reference model's ``model.prefusion_layers``, or HF layers) *sharing* their parameters."""
+        layers = list(layers)
+        first = layers[0]
+        hidden = first.self_attn.q_proj.weight.shape[1]
+        inter = first.mlp.gate_proj.weight.shape[0]
+        with torch.device("meta"):
+            m = cls(hidden, num_heads, num_kv_heads, inter, len(layers), rms_norm_eps, inv_freq, backend=backend)
+        m.inv_freq = inv_freq.detach().float().clone()  # a real buffer, on the caller's device
+        for dst, src in zip(m.layers, layers, strict=True):
+            for name, _ in list(dst.named_parameters()):
+                owner, leaf = name.rsplit(".", 1)
+                p = src.get_parameter(name)
+                if p.shape != dst.get_parameter(name).shape:
+                    raise ValueError(f"layers: parameter {name} has shape {tuple(p.shape)}, expected {tuple(_.shape)}")
+                setattr(dst.get_submodule(owner), leaf, p)
+        return m
+
+    @classmethod
+    def from_model(cls, model: nn.Module, *, backend: str | None = None) -> FusedPreFusion:
+        """From a reference ``llava_mini.LlavaMini`` (shares its pre-fusion parameters)."""
+        t = model.config.text
+        return cls.from_layers(
+            model.model.prefusion_layers,
+            num_heads=t.num_heads,
+            num_kv_heads=t.num_kv_heads,
+            rms_norm_eps=t.rms_norm_eps,
+            inv_freq=model.model.rotary_emb.inv_freq,
+            backend=model.backend if backend is None else backend,
+        )
+
+    # ------------------------------------------------------------------ building blocks
+    def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (B, L, 1, d), computed in float32 and cast, as the reference does."""
+        freqs = position_ids.float()[..., None] * self.inv_freq.float().to(position_ids.device)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos().to(dtype).unsqueeze(2), emb.sin().to(dtype).unsqueeze(2)
+
+    def _qkv(self, layer: _Layer, h: torch.Tensor, cos, sin, *, need_q: bool = True):
+        b, n, _ = h.shape
+        a = layer.self_attn
+        k = a.k_proj(h).view(b, n, self.num_kv_heads, self.head_dim)
+        v = a.v_proj(h).view(b, n, self.num_kv_heads, self.head_dim)
+        k = k * cos + _rotate_half(k) * sin
+        q = None
+        if need_q:
+            q = a.q_proj(h).view(b, n, self.num_heads, self.head_dim)
+            q = q * cos + _rotate_half(q) * sin
+        return q, k, v
+
+    def _finish(self, layer: _Layer, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Residual + O-projection, then residual + MLP, for the rows of ``x``."""
+        b, n = x.shape[:2]
+        x = x + layer.self_attn.o_proj(o.reshape(b, n, self.num_heads * self.head_dim))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def _attend(self, q, k, v, mask):
+        return prefusion_attention(q, k, v, causal=True, key_padding_mask=mask, backend=self.backend)
+
+    # ------------------------------------------------------------------ public API
+    def prefill(self, vision_tokens: torch.Tensor, compressed_tokens: torch.Tensor) -> PrefusionCache:
+        """The question-independent part: vision (B, Nv, hidden) and compressed (B, Q, hidden)
+        tokens -> a :class:`PrefusionCache` with every layer's prefix K/V and the Q compressed
+        output rows. The last layer computes only K/V for the vision rows."""
+        _check_tokens("vision_tokens", vision_tokens, self)
+        _check_tokens("compressed_tokens", compressed_tokens, self)
+        if compressed_tokens.shape[0] != vision_tokens.shape[0]:
+            raise ValueError(
+                f"compressed_tokens: batch {compressed_tokens.shape[0]} != vision_tokens batch {vision_tokens.shape[0]}"
+            )
+        if compressed_tokens.shape[1] < 1:
+            raise ValueError("compressed_tokens: expected at least one compressed token (C*C >= 1)")
+        x = torch.cat([vision_tokens, compressed_tokens], dim=1)
+        b, p, _ = x.shape
+        nq = compressed_tokens.shape[1]
+        pos = torch.arange(p, device=x.device).expand(b, p)
+        cos, sin = self._rope(pos, x.dtype)
+        keys, values = [], []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer.input_layernorm(x)
+            if i < last:
+                q, k, v = self._qkv(layer, h, cos, sin)
+                x = self._finish(layer, x, self._attend(q, k, v, None))
+            else:  # pruned: Q, attention output, O and MLP only for the compressed rows
+                _, k, v = self._qkv(layer, h, cos, sin, need_q=False)
+                hq = h[:, p - nq :]
+                a = layer.self_attn
+                q = a.q_proj(hq).view(b, nq, self.num_heads, self.head_dim)
+                q = q * cos[:, p - nq :] + _rotate_half(q) * sin[:, p - nq :]
+                x = self._finish(layer, x[:, p - nq :], self._attend(q, k, v, None))
+            keys.append(k)
+            values.append(v)
+        return PrefusionCache(keys, values, x)
+
+    def fuse(
+        self,
+        cache: PrefusionCache,
+        text_embeds: torch.Tensor,
+        text_padding_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one question's text rows (B, L, hidden) against a cached prefix.
+
+        ``text_padding_mask`` (B, L) bool, True = padded (official: input id <= 0, which
+        includes the image placeholder): those positions are hidden as keys and get their raw
+        embeddings back. A cache of batch 1 serves a batch of questions. Returns
+        (compressed (B, Q, hidden) from the cache, fused text (B, L, hidden)).
+        """
+        _check_tokens("text_embeds", text_embeds, self)
+        b, n, _ = text_embeds.shape
+        if cache.batch not in (1, b):
+            raise ValueError(f"text_embeds: batch {b} does not match the cache batch {cache.batch}")
+        if text_padding_mask is None:
+            text_padding_mask = torch.zeros(b, n, dtype=torch.bool, device=text_embeds.device)
+        if text_padding_mask.shape != (b, n) or text_padding_mask.dtype != torch.bool:
+            raise ValueError(
+                f"text_padding_mask: expected a bool tensor of shape ({b}, {n}), got "
+                f"{text_padding_mask.dtype} {tuple(text_padding_mask.shape)}"
+            )
+        p = cache.prefix_len
+        keep = ~text_padding_mask
+        pos = (p + keep.long().cumsum(-1) - 1).masked_fill(text_padding_mask, 1)  # official: padded -> 1
+        cos, sin = self._rope(pos, text_embeds.dtype)
+        mask = torch.cat([text_padding_mask.new_zeros(b, p), text_padding_mask], dim=1)
+        x = text_embeds
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
+            ck, cv = cache.keys[i], cache.values[i]
+            if ck.shape[0] != b:
+                ck, cv = ck.expand(b, -1, -1, -1), cv.expand(b, -1, -1, -1)
+            o = self._attend(q, torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1), mask)
+            x = self._finish(layer, x, o)
+        fused = torch.where(text_padding_mask[..., None], text_embeds, x)
+        compressed = cache.compressed if cache.batch == b else cache.compressed.expand(b, -1, -1)
+        return compressed, fused
+
+    def forward(
+        self,
+        vision_tokens: torch.Tensor,
+        compressed_tokens: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_padding_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One question about one image per sample: ``fuse(prefill(vision, compressed), text, mask)``."""
+        return self.fuse(self.prefill(vision_tokens, compressed_tokens), text_embeds, text_padding_mask)
+
+    def fuse_video(
+        self,
+        chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        text_embeds: torch.Tensor,
+        text_padding_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A video, chunk by chunk: each chunk is (vision (B, T_c, Nv, hidden), compressed
+        (B, T_c, Q, hidden)) for T_c consecutive frames (a generator may produce them lazily,
+        e.g. running CLIP per chunk). Every frame's prefix and the shared question (B, L, hidden)
+        run as one batch of B * T_c; the fused text is summed over frames in float32.
+
+        Returns (compressed tokens of every frame in frame order (B, T * Q, hidden), the float32
+        mean of the fused text over the T frames, cast back (B, L, hidden)), as the official
+        per-frame loop."""
+        b, n, h = text_embeds.shape
+        if text_padding_mask is None:
+            text_padding_mask = torch.zeros(b, n, dtype=torch.bool, device=text_embeds.device)
+        tokens, total, frames = [], None, 0
+        for vision, compressed in chunks:
+            if vision.dim() != 4 or compressed.dim() != 4 or vision.shape[:2] != compressed.shape[:2]:
+                raise ValueError(
+                    "chunks: expected (vision (B, T_c, Nv, hidden), compressed (B, T_c, Q, hidden)), got "
+                    f"{tuple(vision.shape)} and {tuple(compressed.shape)}"
+                )
+            if vision.shape[0] != b:
+                raise ValueError(f"chunks: batch {vision.shape[0]} does not match text_embeds batch {b}")
+            tc = vision.shape[1]
+            cache = self.prefill(vision.flatten(0, 1), compressed.flatten(0, 1))
+            text = text_embeds[:, None].expand(b, tc, n, h).flatten(0, 1)
+            mask = text_padding_mask[:, None].expand(b, tc, n).flatten(0, 1)
+            comp, fused = self.fuse(cache, text, mask)
+            tokens.append(comp.unflatten(0, (b, tc)).flatten(1, 2))
+            s = fused.float().unflatten(0, (b, tc)).sum(1)
+            total = s if total is None else total + s
+            frames += tc
+        if frames == 0:
+            raise ValueError("chunks: expected at least one frame")
+        return torch.cat(tokens, dim=1), (total / frames).to(text_embeds.dtype)
+
+
+def _check_tokens(name: str, t: torch.Tensor, m: FusedPreFusion) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    hidden = m.layers[0].self_attn.q_proj.weight.shape[1]
+    if t.dim() != 3 or t.shape[-1] != hidden:
+        raise ValueError(f"{name}: expected shape (B, L, {hidden}), got {tuple(t.shape)}")
