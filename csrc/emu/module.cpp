@@ -41,4 +41,17 @@ PYBIND11_MODULE(_emu, m) {
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("key_padding_mask"), py::arg("dtype"),
       py::arg("batch"), py::arg("lq"), py::arg("lk"), py::arg("hq"), py::arg("hkv"), py::arg("d"),
       py::arg("causal"), py::arg("scale"));
+  m.def(
+      "compress_folded",
+      [](uintptr_t x, uintptr_t a, uintptr_t p, uintptr_t acc, uintptr_t lse, uintptr_t part, int dtype,
+         int64_t batch, int64_t n, int64_t dim, int64_t nk, int64_t sxb, int64_t sxn, float eps, int64_t splits) {
+        py::gil_scoped_release release;
+        check(lmini::cuda::compress_folded(cptr(x), static_cast<const float*>(cptr(a)),
+                                           static_cast<const float*>(cptr(p)), static_cast<float*>(mptr(acc)),
+                                           static_cast<float*>(mptr(lse)), static_cast<float*>(mptr(part)),
+                                           lmini::DType(dtype), batch, n, dim, nk, sxb, sxn, eps, splits, nullptr));
+      },
+      py::arg("x"), py::arg("a"), py::arg("p"), py::arg("acc"), py::arg("lse"), py::arg("part"), py::arg("dtype"),
+      py::arg("batch"), py::arg("n"), py::arg("dim"), py::arg("nk"), py::arg("x_batch_stride"),
+      py::arg("x_token_stride"), py::arg("eps"), py::arg("splits"));
 }

@@ -22,5 +22,12 @@ const char* prefusion_attention(const void* q, const void* k, const void* v, con
                                 DType dtype, int64_t batch, int64_t lq, int64_t lk, int64_t hq, int64_t hkv,
                                 int64_t d, bool causal, float scale, void* stream);
 
+// See lmini/kernels/compress.cuh. x (B, N, D) with unit stride along D; a (K, D), p (K, N)
+// fp32 contiguous; acc (B, K, D), lse (B, K) fp32; part (B * splits, K, D + 2) fp32 scratch
+// when splits > 1 (else unused).
+const char* compress_folded(const void* x, const float* a, const float* p, float* acc, float* lse, float* part,
+                            DType dtype, int64_t batch, int64_t n, int64_t dim, int64_t nk, int64_t x_batch_stride,
+                            int64_t x_token_stride, float eps, int64_t splits, void* stream);
+
 }  // namespace cuda
 }  // namespace lmini

@@ -23,7 +23,7 @@ ALGORITHMS = ("auto", "folded", "projected")
 
 # Widest embed_dim each GPU kernel keeps in registers (see their kernel files).
 TRITON_MAX_DIM = 1024
-CUDA_MAX_DIM = 4096
+CUDA_MAX_DIM = 2048
 
 
 def choose_algorithm(algorithm: str, num_queries: int, num_heads: int, dim: int) -> str:

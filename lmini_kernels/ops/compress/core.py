@@ -73,7 +73,8 @@ def core_emulated(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float,
     a, p = a.contiguous(), p.contiguous()
     acc = new_output((batch, k, dim), torch.float32, x.device)
     lse = new_output((batch, k), torch.float32, x.device)
-    splits = splits or 1
+    chunk = -(-n // max(1, min(splits, n)))
+    splits = -(-n // chunk)  # no empty chunk
     part = torch.empty((batch, splits, k, dim + 2), dtype=torch.float32) if splits > 1 else acc
     if batch and k:
         _ext._emu.compress_folded(

@@ -1,0 +1,30 @@
+// Launcher of lmini::compress_folded_kernel (csrc/include/lmini/kernels/compress.cuh).
+// Torch-free: compiled by nvcc into lmini_kernels._C and by g++ into lmini_kernels._emu.
+#include "lmini/kernels/compress.cuh"
+#include "lmini/launchers.h"
+
+namespace lmini::cuda {
+
+const char* compress_folded(const void* x, const float* a, const float* p, float* acc, float* lse, float* part,
+                            DType dtype, int64_t batch, int64_t n, int64_t dim, int64_t nk, int64_t x_batch_stride,
+                            int64_t x_token_stride, float eps, int64_t splits, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  const int sp = int(splits < 1 ? 1 : splits);
+  switch (dtype) {
+    case DType::f32:
+      launch_compress_folded(static_cast<const float*>(x), a, p, acc, lse, part, batch, n, dim, nk, x_batch_stride,
+                             x_token_stride, eps, sp, s);
+      break;
+    case DType::f16:
+      launch_compress_folded(static_cast<const __half*>(x), a, p, acc, lse, part, batch, n, dim, nk, x_batch_stride,
+                             x_token_stride, eps, sp, s);
+      break;
+    case DType::bf16:
+      launch_compress_folded(static_cast<const __nv_bfloat16*>(x), a, p, acc, lse, part, batch, n, dim, nk,
+                             x_batch_stride, x_token_stride, eps, sp, s);
+      break;
+  }
+  return last_launch_error();
+}
+
+}  // namespace lmini::cuda

@@ -1,0 +1,67 @@
+"""compress on the cuda backend: the CUDA kernel bodies through the host SIMT layer here
+(LMINI_CUDA_EMULATE=1, blocks one at a time: small shapes), on the GPU with LMINI_TEST_GPU=1."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from compress_helpers import make_params, oracle, run
+from utils import assert_close, non_contiguous, randn
+
+import lmini_kernels as lk
+from lmini_kernels.ops.compress.folded import core_torch
+
+GPU = torch.cuda.is_available() and not lk.dispatch.cuda_emulate()
+DEVICE = "cuda" if GPU else "cpu"
+
+
+def _core(x, a, p, splits):
+    from lmini_kernels.ops.compress import core
+
+    return (core.core_cpp if GPU else core.core_emulated)(x, a, p, 1e-5, splits)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
+@pytest.mark.parametrize(("batch", "grid", "c", "heads", "dh"), [(3, 5, 1, 8, 9), (2, 5, 2, 1, 12), (2, 1, 1, 3, 4)])
+def test_cuda_folded_matches_float64(batch, grid, c, heads, dh, dtype):
+    dim = heads * dh
+    p = {k: v.to(DEVICE) for k, v in make_params(dim, heads, c, grid, dtype).items()}
+    x = non_contiguous(randn(batch, grid * grid, dim, dtype=dtype, device=DEVICE, scale=2.0) + 0.5, dim=0)
+    ref, ref_w = oracle(x, p, heads, need_weights=True)
+    out, w = run(x, p, heads, "cuda", algorithm="folded", need_weights=True)
+    assert out.dtype == dtype
+    assert_close(out, ref)
+    assert_close(w, ref_w)
+
+
+@pytest.mark.parametrize(
+    ("batch", "n", "dim", "k", "splits"),
+    [(1, 49, 1024, 8, 2), (2, 13, 37, 9, 1), (1, 4, 1100, 3, 3), (2, 169, 16, 1, 4)],
+)
+def test_cuda_core_shapes_and_splits(batch, n, dim, k, splits):
+    """D = 1024 (128 threads x 8 columns), D > 1024 (256 threads), K over two row tiles,
+    tokens split across blocks and merged by the second kernel."""
+    x = randn(batch, n, dim, dtype=torch.float64, device=DEVICE) * 2 + 0.3
+    a = randn(k, dim, dtype=torch.float64, device=DEVICE) * (3 / dim**0.5)
+    pp = randn(k, n, dtype=torch.float64, device=DEVICE)
+    acc_ref, lse_ref = core_torch(x, a, pp, 1e-5)
+    acc, lse = _core(non_contiguous(x.float(), dim=1), a.float(), pp.float(), splits)
+    assert_close(acc, acc_ref, dtype=torch.float32)
+    assert_close(lse, lse_ref, dtype=torch.float32)
+
+
+def test_cuda_refuses_wide_dims():
+    from lmini_kernels.ops.compress.api import CUDA_MAX_DIM
+
+    dim = CUDA_MAX_DIM + 4
+    p = {k: v.to(DEVICE) for k, v in make_params(dim, 2, 1, 1).items()}
+    with pytest.raises(lk.NotSupportedError, match="embed_dim"):
+        run(randn(1, 1, dim, device=DEVICE), p, 2, "cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_backward_and_opcheck_on_gpu():
+    """On a GPU the C++ op carries the shared analytic backward (CPU twin: test_cpu_backward_matches_reference)."""
+    x = randn(2, 9, 12, device="cuda")
+    torch.library.opcheck(torch.ops.lmini.compress_folded.default, (x, randn(5, 12, device="cuda"),
+                                                                    randn(5, 9, device="cuda"), 1e-5, 0))  # fmt: skip
