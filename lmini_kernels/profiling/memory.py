@@ -36,6 +36,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from lmini_kernels.profiling import nvtx
+
 GiB = 2**30
 MB = 1e6
 
@@ -259,8 +261,11 @@ class Request:
     prefill_chunk: int = 512
 
 
+@contextlib.contextmanager
 def _stage(tr: LiveBytesTracker | None, name: str, category: str | None = None):
-    return tr.stage(name, category) if tr is not None else contextlib.nullcontext()
+    """A tracker stage (when tracking) and an NVTX range ``lmini.pipeline.<name>`` (LMINI_NVTX=1)."""
+    with nvtx.range(f"lmini.pipeline.{name}"), tr.stage(name, category) if tr is not None else contextlib.nullcontext():
+        yield
 
 
 def _ids(model, req: Request) -> torch.Tensor:
@@ -333,7 +338,8 @@ def image_request(model, tr, req: Request = Request()) -> torch.Tensor:
         px = _pixels(model, 1, model.config.image_parts)[:, 0]
         ids = _ids(model, req)
     with torch.no_grad():
-        vision, text = model.encode_multimodal(ids, px)
+        with _stage(tr, "encode"):
+            vision, text = model.encode_multimodal(ids, px)
         return llm_phase(model, tr, vision, text, req, official=True)
 
 
@@ -344,7 +350,8 @@ def video_official(model, tr, req: Request, *, vision_only: bool = False):
         px = _pixels(model, req.frames, 1)
         ids = _ids(model, req)
     with torch.no_grad():
-        vision, text = model.encode_multimodal(ids, px)
+        with _stage(tr, "encode"):
+            vision, text = model.encode_multimodal(ids, px)
         if vision_only:
             return vision
         return llm_phase(model, tr, vision, text, req, official=True)
