@@ -37,14 +37,15 @@ pre-fusion carries as one masked text row and the LLM replaces by the vision tok
   parameter-only folding is done once per model and not counted per image); the last pre-fusion
   layer computes only K and V for the vision rows and Q, O and the MLP only for the kept rows.
 * ``llava-mini-vicuna-7b-followup``: a second question on a cached image: the vision rows' K/V
-  of every pre-fusion layer and the compressed token come from the cache, so only the text rows
-  run through pre-fusion; then the LLM.
+  of every pre-fusion layer and the compressed token come from the cache
+  (``FusedPreFusion.fuse``), so only the text rows run through pre-fusion; then the LLM.
 * ``llava-v1.5-7b@672``: LLaVA-v1.5 fed the same 672 px split as LLaVA-Mini-HD (4 sub-images
   and the global view, 5 x 576 tokens to the LLM), as in the paper's table.
 
-The fused and follow-up structures are expressed here with the reference model's own modules
-(layer norms, projections, ``lmini_kernels.prefusion_attention``), so the counts attribute by
-module exactly like the official ones.
+The fused and follow-up pre-fusion run the library's ``FusedPreFusion`` (sharing the reference
+model's parameters); the folded compressor's per-image work is written out in
+:func:`folded_compress`. Code that is not a model module runs inside stage modules of the
+counting wrapper, so every FLOP is attributed to one component.
 """
 
 from __future__ import annotations
@@ -262,35 +263,6 @@ def fold_compressor(compressor, n_tokens: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _layer_rows(layer, x_new: torch.Tensor, cos, sin, *, kv_prefix=None, kv_rows=None, padding=None):
-    """One LLaMA layer where only the last rows need outputs.
-
-    ``x_new`` (B, R, hidden) are the rows that get outputs. ``kv_rows`` (B, P, hidden): extra
-    earlier rows that need only K and V (pruned last layer); ``kv_prefix``: (k, v) already
-    computed for earlier rows (cached image). Causal, bottom-right aligned."""
-    from llava_mini.llama import apply_rotary
-
-    import lmini_kernels
-
-    att = layer.self_attn
-    b, r, _ = x_new.shape
-    h_new = layer.input_layernorm(x_new)
-    q = apply_rotary(att.q_proj(h_new).view(b, r, att.num_heads, att.head_dim), cos[:, -r:], sin[:, -r:])
-    ks, vs = [], []
-    if kv_prefix is not None:
-        ks.append(kv_prefix[0])
-        vs.append(kv_prefix[1])
-    h_all = h_new if kv_rows is None else torch.cat([layer.input_layernorm(kv_rows), h_new], dim=1)
-    n = h_all.shape[1]
-    k = att.k_proj(h_all).view(b, n, att.num_kv_heads, att.head_dim)
-    ks.append(apply_rotary(k, cos[:, -n:], sin[:, -n:]))
-    vs.append(att.v_proj(h_all).view(b, n, att.num_kv_heads, att.head_dim))
-    k, v = torch.cat(ks, dim=1), torch.cat(vs, dim=1)
-    o = lmini_kernels.prefusion_attention(q, k, v, causal=True, key_padding_mask=padding, backend="reference")
-    x = x_new + att.o_proj(o.reshape(b, r, -1))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
-
-
 def _run_case(case: FlopCase, model, run: _FlopRun, text_tokens: int) -> None:
     cfg = model.config
     ids = _meta_ids(text_tokens + 1)  # N text tokens + the image placeholder
@@ -309,14 +281,23 @@ def _run_case(case: FlopCase, model, run: _FlopRun, text_tokens: int) -> None:
     elif case.pipeline == "fused":
         _run_fused(model, run, ids, text_tokens)
     elif case.pipeline == "followup":
-        _run_followup(model, ids, text_tokens)
+        _run_followup(model, run, ids, text_tokens)
     else:
         raise ValueError(f"unknown pipeline {case.pipeline!r}")
 
 
+def _fused_prefusion(model, run: _FlopRun):
+    """The library's FusedPreFusion sharing the model's pre-fusion parameters (reference attention)."""
+    from lmini_kernels.modules.prefusion import FusedPreFusion
+
+    if not hasattr(run, "fused_prefusion"):
+        run.fused_prefusion = FusedPreFusion.from_model(model, backend="reference")
+    return run.fused_prefusion
+
+
 def _run_fused(model, run: _FlopRun, ids: torch.Tensor, text_tokens: int) -> None:
     px = _pixels(model, 1)
-    clip = model.encode_images(px[:, 0])
+    clip = model.encode_images(px[:, 0])  # stops at the selected layer
     comp = model.model.compressor
     folded = fold_compressor(comp, clip.shape[1])
     run.constants.update(_storage_id(t) for t in folded.values())
@@ -324,56 +305,27 @@ def _run_fused(model, run: _FlopRun, ids: torch.Tensor, text_tokens: int) -> Non
     vision = model.project(clip)
     compressed = model.project(compressed)
     text = model.embed(ids)
-    padding = ids <= 0
-    x = torch.cat([vision, compressed, text], dim=1)
-    pad = torch.cat(
-        [torch.zeros(1, vision.shape[1] + compressed.shape[1], dtype=torch.bool, device="meta"), padding], 1
-    )
-    n_keep = compressed.shape[1] + ids.shape[1]
-    keep = ~pad
-    pos = (keep.long().cumsum(-1) - 1).masked_fill(~keep, 1)
-    cos, sin = model.model.rotary_emb(pos, x.dtype)
-    layers = list(model.model.prefusion_layers)
-    import functools
-
-    import lmini_kernels
-
-    attend = functools.partial(
-        lmini_kernels.prefusion_attention, causal=True, key_padding_mask=pad, backend="reference"
-    )
-    for layer in layers[:-1]:
-        x = layer(x, cos, sin, attend)
-    last = layers[-1]
-    # the last layer: K/V for every row, Q/O/MLP for the kept rows only (a module call, so the
-    # tracker attributes it to model.prefusion_layers.N)
-    kept = _call_as(last, lambda: _layer_rows(last, x[:, -n_keep:], cos, sin, kv_rows=x[:, :-n_keep], padding=pad))
-    _llm(model, kept[:, : compressed.shape[1]], text_tokens)
+    fpf = _fused_prefusion(model, run)
+    kept, _fused_text = run.stage_prefusion(lambda: fpf(vision, compressed, text, ids <= 0))
+    _llm(model, kept, text_tokens)
 
 
-def _run_followup(model, ids: torch.Tensor, text_tokens: int) -> None:
+def _run_followup(model, run: _FlopRun, ids: torch.Tensor, text_tokens: int) -> None:
+    from lmini_kernels.modules.prefusion import PrefusionCache
+
     cfg, t = model.config, model.config.text
     n_prefix = cfg.prefusion_vision_tokens + cfg.num_queries
     text = model.embed(ids)
-    pad = torch.cat([torch.zeros(1, n_prefix, dtype=torch.bool, device="meta"), ids <= 0], 1)
-    keep = ~pad
-    pos = (keep.long().cumsum(-1) - 1).masked_fill(~keep, 1)
-    cos, sin = model.model.rotary_emb(pos, text.dtype)
-    x = text
-    for layer in model.model.prefusion_layers:
-        cache = torch.empty(1, n_prefix, t.num_kv_heads, t.head_dim, dtype=text.dtype, device="meta")
-        x = _call_as(layer, lambda layer=layer, x=x, cache=cache: _layer_rows(
-            layer, x, cos, sin, kv_prefix=(cache, cache), padding=pad))  # fmt: skip
-    vision = torch.empty(1, cfg.num_queries, t.hidden_size, dtype=text.dtype, device="meta")  # cached
-    _llm(model, vision, text_tokens)
 
+    def kv() -> torch.Tensor:
+        return torch.empty(1, n_prefix, t.num_kv_heads, t.head_dim, dtype=text.dtype, device="meta")
 
-def _call_as(module: nn.Module, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Run ``fn`` inside ``module``'s forward hooks (so FLOPs are attributed to it)."""
-    module.forward = lambda *a, **k: fn()
-    try:
-        return module()
-    finally:
-        del module.forward
+    layers = range(cfg.prefusion_layers)
+    cache = PrefusionCache([kv() for _ in layers], [kv() for _ in layers],
+                           torch.empty(1, cfg.num_queries, t.hidden_size, dtype=text.dtype, device="meta"))  # fmt: skip
+    fpf = _fused_prefusion(model, run)
+    kept, _fused_text = run.stage_prefusion(lambda: fpf.fuse(cache, text, ids <= 0))
+    _llm(model, kept, text_tokens)
 
 
 @dataclass
@@ -455,8 +407,10 @@ def count_all(
 
 #: How the -fused and -followup rows are counted (said in the output).
 FUSED_SOURCE = (
-    "fused/followup structure expressed with the reference model's modules in lmini_kernels.profiling.flops "
-    "(folded compressor, pruned last pre-fusion layer, cached vision K/V)"
+    "pre-fusion of -fused/-followup counted through lmini_kernels.modules.FusedPreFusion (pruned last layer; "
+    "vision-prefix cache via fuse()); the folded compressor's per-image math is expressed in "
+    "lmini_kernels.profiling.flops.folded_compress (the fused compress backends are custom ops that do not run "
+    "on the meta device)"
 )
 
 

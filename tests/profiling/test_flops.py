@@ -144,3 +144,18 @@ def test_cli_json_and_table(capsys):
     assert _rel(doc["reduction"]["llava-mini-vicuna-7b"], 0.771) < 0.01
     table = flops.format_table(doc)
     assert "8.553" in table and "(8.55)" in table and "7.19" in table and "8.13" in table
+
+
+def test_fused_prefusion_closed_form():
+    """FusedPreFusion: layers 1..3 over all 621 rows; the last layer K/V over all rows and
+    Q/O/MLP over the 45 kept rows; the follow-up runs only the 44 text rows in every layer."""
+    from llava_mini import LlavaMiniConfig
+
+    t = LlavaMiniConfig.from_name("llava-mini-vicuna-7b").text
+    d, m = t.hidden_size, t.intermediate_size
+    kv, q_o_mlp = 2 * d * d, 2 * d * d + 3 * d * m
+    rows, kept, text = 576 + 1 + 44, 1 + 44, 44
+    fused = _count("llava-mini-vicuna-7b-fused")["prefusion"]
+    assert fused == 2 * (3 * (kv + q_o_mlp) * rows + kv * rows + q_o_mlp * kept)
+    follow = _count("llava-mini-vicuna-7b-followup")["prefusion"]
+    assert follow == 2 * 4 * (kv + q_o_mlp) * text
