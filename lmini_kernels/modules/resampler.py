@@ -67,10 +67,12 @@ class FusedResampler(nn.Module):
     def _fold(self, n: int) -> Folded:
         a = self.attn
         pos_k = compress_positions(self.pos_embed, n)
-        return fold_for(
+        f = fold_for(
             self.query, self.pos_embed, pos_k, self.ln_q.weight, self.ln_q.bias, self.ln_kv.weight, self.ln_kv.bias,
             a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias, self.num_heads, self.ln_kv.eps,
         )  # fmt: skip
+        f.pos_k = pos_k
+        return f
 
     def folded(self, n: int) -> Folded:
         """The parameter-only tensors of the folded algorithm for N = ``n`` tokens; cached
@@ -110,9 +112,12 @@ class FusedResampler(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected a (B, N, kv_dim) tensor, got {shape}")
         n = x.shape[1]
-        pos_k = compress_positions(self.pos_embed, n) if _is_square(n) else self.pos_embed[:0]
-        a = self.attn
         folded = self.folded(n) if _is_square(n) and x.dtype == self.query.dtype else None
+        if folded is not None:
+            pos_k = folded.pos_k  # cached with the fold (the bicubic resize is not free)
+        else:
+            pos_k = compress_positions(self.pos_embed, n) if _is_square(n) else self.pos_embed[:0]
+        a = self.attn
         return compress(
             x, self.query, self.pos_embed, pos_k, self.ln_q.weight, self.ln_q.bias, self.ln_kv.weight, self.ln_kv.bias,
             a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias, self.num_heads,

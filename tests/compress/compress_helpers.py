@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 import lmini_kernels as lk
+from lmini_kernels.ops.compress.official import OfficialResampler  # noqa: F401  (re-exported for the tests)
 from lmini_kernels.ops.compress.reference import compress_reference
 
 PARAM_ORDER = ("query", "pos_q", "pos_k", "ln_q_weight", "ln_q_bias", "ln_kv_weight", "ln_kv_bias",
@@ -51,33 +51,3 @@ def oracle(x: torch.Tensor, p: dict, heads: int, need_weights: bool = False):
 
 def run(x, p, heads, backend, **kw):
     return lk.compress(x, *args_of(p), heads, kv_proj_weight=p.get("kv_proj_weight"), backend=backend, **kw)
-
-
-class OfficialResampler(nn.Module):
-    """Built exactly as the official module (nn.MultiheadAttention + nn.LayerNorm), for state dicts."""
-
-    def __init__(self, grid_size: int, embed_dim: int, num_heads: int, kv_dim: int | None = None) -> None:
-        super().__init__()
-        self.num_queries = grid_size**2
-        self.embed_dim, self.num_heads = embed_dim, num_heads
-        self.pos_embed = nn.Parameter(lk.get_2d_sincos_pos_embed(embed_dim, grid_size).float()).requires_grad_(False)
-        self.query = nn.Parameter(torch.zeros(self.num_queries, embed_dim))
-        nn.init.trunc_normal_(self.query, std=0.02)
-        if kv_dim is not None and kv_dim != embed_dim:
-            self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False)
-        else:
-            self.kv_proj = nn.Identity()
-        self.attn = nn.MultiheadAttention(embed_dim, num_heads)
-        self.ln_q = nn.LayerNorm(embed_dim)
-        self.ln_kv = nn.LayerNorm(embed_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The official (sequence-first) forward, returning the head-averaged weights too."""
-        pos_k = lk.compress_positions(self.pos_embed, x.size(1))
-        x = self.ln_kv(self.kv_proj(x)).permute(1, 0, 2)
-        n = x.shape[1]
-        q = self.ln_q(self.query)
-        out, w = self.attn(
-            q.unsqueeze(1).repeat(1, n, 1) + self.pos_embed.unsqueeze(1), x + pos_k.unsqueeze(1), x, need_weights=True
-        )
-        return out.permute(1, 0, 2), w

@@ -1,0 +1,100 @@
+"""``lmini bench compress``: the compressor, official module vs ours, side by side in one run.
+
+Providers: the official module eager (nn.MultiheadAttention, as the official code calls it),
+the same under torch.compile, the official per-frame Python loop (video case), our reference
+(official math, one batched call) and each fused backend of ``FusedResampler`` that runs on
+the device (folded algorithm, parameter-only work cached as in inference).
+Cases: one image (B = 1), a batch (B = 64), a video (B = 1024 frames on GPU, 256 on CPU), HD
+(N = 48*48, C = 8). D = 1024, 8 heads (LLaVA-Mini); fp32 on CPU, fp16 on GPU.
+Bytes = features read + compressed tokens written (weights excluded); FLOPs = the folded
+algorithm's useful work (4*B*N*Q*heads*D + 4*B*Q*D^2), the same count for every provider.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmini_kernels.bench.harness import BenchContext
+from lmini_kernels.dispatch import registry
+from lmini_kernels.modules import FusedResampler
+from lmini_kernels.ops.compress.official import OfficialResampler
+
+DIM, HEADS = 1024, 8
+
+
+def _cases(device: str, quick: bool) -> list[tuple[str, int, int, int]]:
+    """(name, B, grid side G, C)."""
+    video = 1024 if device == "cuda" else 256
+    hd_batch = 64 if device == "cuda" else 8
+    cases = [("image B=1", 1, 24, 1), ("batch B=64", 64, 24, 1)]
+    if not quick:
+        cases += [(f"video B={video}", video, 24, 1), (f"HD B={hd_batch} N=2304 C=8", hd_batch, 48, 8)]
+    return cases
+
+
+def _fused_backends(device: str) -> list[str]:
+    """Fused backends that run on this device for real (no interpreter or emulator)."""
+    names = []
+    for b in registry("compress").backends:
+        if b.name == "reference" or b.unavailable_reason() is not None:
+            continue
+        if device in b.devices:
+            names.append(b.name)
+    return names
+
+
+def _official(grid: int, device: str, dtype: torch.dtype) -> OfficialResampler:
+    torch.manual_seed(0)
+    m = OfficialResampler(grid, DIM, HEADS)
+    with torch.no_grad():  # trained-looking parameters, never an identity or zeros
+        for name, prm in m.named_parameters():
+            if name != "pos_embed":
+                prm.add_(torch.randn_like(prm) * (0.3 if prm.dim() == 1 else prm.shape[-1] ** -0.5))
+    return m.to(device=device, dtype=dtype).eval()
+
+
+def run(ctx: BenchContext) -> None:
+    """Measure every provider on every case (see the module docstring)."""
+    device = ctx.device
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    backends = _fused_backends(device)
+    for case, batch, grid, c in _cases(device, ctx.quick):
+        n, q = grid * grid, c * c
+        off = _official(c, device, dtype)
+        fused = FusedResampler.from_module(off).eval()
+        x = torch.randn(batch, n, DIM, device=device, dtype=dtype)
+        nbytes = (batch * n * DIM + batch * q * DIM) * itemsize
+        flops = 4 * batch * n * q * HEADS * DIM + 4 * batch * q * DIM * DIM
+        kw = dict(nbytes=nbytes, flops=flops, baseline="official eager")
+        with torch.no_grad():
+            ctx.measure(case, "official eager", lambda off=off, x=x: off(x), **kw)
+            if not ctx.quick:
+                compiled = torch.compile(off)
+                ctx.measure(case, "official torch.compile", lambda f=compiled, x=x: f(x), **kw)
+            if case.startswith("video"):
+                frames = list(x.split(1))
+                ctx.measure(case, "official per-frame loop", lambda off=off, fr=frames: [off(f) for f in fr],
+                            **kw, min_run_time=0.0)  # fmt: skip
+            ctx.measure(case, "lmini reference", lambda m=fused, x=x: m(x, backend="reference"), **kw)
+            for b in backends:
+                ctx.measure(case, f"lmini {b}", lambda m=fused, x=x, b=b: m(x, backend=b), **kw)
+        del off, fused, x
+    _goals(ctx, backends)
+
+
+def _goals(ctx: BenchContext, backends: list[str]) -> None:
+    """Print the issue's goals against this run's numbers."""
+    rows = {(r.case, r.provider): r for r in ctx.rows}
+    if ctx.device == "cpu" and "cpu" in backends:
+        r = rows.get(("batch B=64", "lmini cpu"))
+        if r is not None and r.speedup is not None:
+            print(f"goal (CPU, fp32, B=64): >= 50x official eager -> {r.speedup:.1f}x; "
+                  f">= 50% of copy bandwidth -> {r.frac_copy_bw:.0%}")  # fmt: skip
+    if ctx.device == "cuda":
+        for r in ctx.rows:
+            if r.case.startswith("video") and r.provider.startswith("lmini") and r.provider != "lmini reference":
+                loop = rows.get((r.case, "official per-frame loop"))
+                vs = f"{loop.ms / r.ms:.0f}x the per-frame loop" if loop else "no loop measured"
+                print(f"goal (GPU, B>=1024): >= 80% of copy BW and >= 100x the loop -> {r.provider}: "
+                      f"{r.frac_copy_bw:.0%}, {vs}")  # fmt: skip
