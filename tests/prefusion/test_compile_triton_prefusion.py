@@ -29,6 +29,9 @@ NAMES = [
     "prefusion_attn_fwd[fp32,d=128,split=False]",
     "prefusion_attn_fwd[fp32,d=96,split=True]",
     "prefusion_attn_combine[fp16,d=128]",
+    "prefusion_attn_bwd_dkdv[bf16,d=128]",
+    "prefusion_attn_bwd_dq[fp16,d=128]",
+    "prefusion_attn_bwd_dq[fp32,d=64]",
 ]
 
 

@@ -108,7 +108,8 @@ def prefusion_attention(
     Returns:
         (B, Lq, Hq, d) contiguous, in q's dtype; softmax and accumulation in float32. A query
         row whose every visible key is masked returns zeros, never NaN. Differentiable on the
-        reference, cpu (backward through the reference math) and triton backends.
+        reference, cpu (backward through the reference math) and triton (Triton backward
+        kernels) backends; not on the cuda backend.
     """
     check_tensor("q", q, ndim=4)
     check_tensor("k", k, ndim=4)

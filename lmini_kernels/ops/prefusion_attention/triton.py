@@ -159,6 +159,117 @@ def prefusion_attn_combine_kernel(
     tl.store(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, lse, mask=m_ok)
 
 
+@triton.jit
+def _probabilities(q, kt, lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shift, scale_log2,
+                   HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):  # fmt: skip
+    """P (BLOCK_M, BLOCK_N) recomputed from the saved base-2 log-sum-exp; 0 where not visible."""
+    s = tl.dot(q, kt, input_precision=DOT_PRECISION) * scale_log2
+    visible = n_ok[None, :] & m_ok[:, None] & (lse > float("-inf"))[:, None]
+    if HAS_MASK:
+        pad = tl.load(mask_ptr + b * lk + offs_n, mask=n_ok, other=1)
+        visible = visible & (pad == 0)[None, :]
+    if CAUSAL:
+        visible = visible & (offs_n[None, :] <= shift + offs_m[:, None])
+    lse_use = tl.where(lse > float("-inf"), lse, 0.0)
+    return tl.where(visible, tl.exp2(s - lse_use[:, None]), 0.0)
+
+
+@triton.jit
+def prefusion_attn_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
+    lq, lk, hq, hkv, scale, scale_log2,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """dK, dV of BLOCK_N keys of one kv head, summed over every query head of its GQA group.
+    Grid (cdiv(Lk, BLOCK_N), B * Hkv). q, dO are (B, Lq, Hq, d) (dO contiguous); lse, delta
+    (B, Hq, Lq); dk, dv contiguous (B, Lk, Hkv, d)."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // hkv).to(tl.int64)
+    hk = pid_bh % hkv
+    group = hq // hkv
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < lk
+    d_ok = offs_d < HEAD_DIM
+    kv_mask = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_ptr + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + b * svb + hk * svh + offs_n[:, None] * svl + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    shift = lk - lq
+    start_m = 0
+    if CAUSAL:  # queries before position pid_n * BLOCK_N see none of these keys
+        start_m = tl.maximum(pid_n * BLOCK_N - shift, 0) // BLOCK_M * BLOCK_M
+    for g in range(0, group):
+        h = hk * group + g
+        for m0 in range(start_m, lq, BLOCK_M):
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < lq
+            qd_mask = m_ok[:, None] & d_ok[None, :]
+            q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=qd_mask, other=0.0)
+            do = tl.load(do_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :], mask=qd_mask,
+                         other=0.0)  # fmt: skip
+            row = (b * hq + h) * lq + offs_m
+            lse = tl.load(lse_ptr + row, mask=m_ok, other=float("-inf"))
+            delta = tl.load(delta_ptr + row, mask=m_ok, other=0.0)
+            p = _probabilities(q, tl.trans(k), lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shift, scale_log2,
+                               HAS_MASK, CAUSAL, DOT_PRECISION)  # fmt: skip
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+    out = ((b * lk + offs_n[:, None]) * hkv + hk) * HEAD_DIM + offs_d[None, :]
+    tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def prefusion_attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
+    lq, lk, hq, group, scale, scale_log2,
+    HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """dQ of BLOCK_M query rows of one head. Grid (cdiv(Lq, BLOCK_M), B * Hq); dq contiguous."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // hq).to(tl.int64)
+    h = pid_bh % hq
+    hk = h // group
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < lq
+    d_ok = offs_d < HEAD_DIM
+    qd_mask = m_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=qd_mask, other=0.0)
+    do = tl.load(do_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :], mask=qd_mask, other=0.0)
+    row = pid_bh.to(tl.int64) * lq + offs_m
+    lse = tl.load(lse_ptr + row, mask=m_ok, other=float("-inf"))
+    delta = tl.load(delta_ptr + row, mask=m_ok, other=0.0)
+    shift = lk - lq
+    hi = lk
+    if CAUSAL:
+        hi = tl.minimum(lk, shift + (pid_m + 1) * BLOCK_M)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for n0 in range(0, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < lk
+        kv_mask = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_ptr + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + b * svb + hk * svh + offs_n[:, None] * svl + offs_d[None, :], mask=kv_mask, other=0.0)
+        p = _probabilities(q, tl.trans(k), lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shift, scale_log2,
+                           HAS_MASK, CAUSAL, DOT_PRECISION)  # fmt: skip
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    tl.store(dq_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :],
+             (dq * scale).to(dq_ptr.dtype.element_ty), mask=qd_mask)  # fmt: skip
+
+
 def _inner_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -264,11 +375,76 @@ def _setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(q, k, v, key_padding_mask, out, lse)
 
 
-def _backward(ctx, grad_out, grad_lse):
-    from lmini_kernels.ops.prefusion_attention.reference import prefusion_attention_backward
+def _bwd_config(dtype: torch.dtype) -> tuple[int, int, int]:
+    """BLOCK_M, BLOCK_N, num_warps of the backward kernels (no spills on sm_80/sm_90, AOT_SPECS)."""
+    return (16, 16, 4) if dtype == torch.float32 else (32, 32, 8)
 
+
+def attention_backward(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv of the forward for the output gradient ``grad_out`` (Triton kernels)."""
+    q, k, v = _inner_contiguous(q), _inner_contiguous(k), _inner_contiguous(v)
+    b, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    do = grad_out.contiguous().to(q.dtype)
+    # delta = rowsum(dO * O): a memory-bound pass, left to PyTorch
+    delta = (do.float() * out.float()).sum(-1).transpose(1, 2).contiguous()
+    dq = torch.empty((b, lq, hq, d), dtype=q.dtype, device=q.device)
+    dk = torch.empty((b, lk, hkv, d), dtype=k.dtype, device=k.device)
+    dv = torch.empty((b, lk, hkv, d), dtype=v.dtype, device=v.device)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    mask = q if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
+    block_m, block_n, warps = _bwd_config(q.dtype)
+    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2))  # fmt: skip
+    meta = dict(
+        HAS_MASK=key_padding_mask is not None, CAUSAL=causal, HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d),
+        BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=warps, num_stages=1,
+    )  # fmt: skip
+    prefusion_attn_bwd_dkdv_kernel[(triton.cdiv(lk, block_n), b * hkv)](
+        q, k, v, mask, do, lse, delta, dk, dv, *strides, lq, lk, hq, hkv, scale, scale * LOG2E, **meta
+    )
+    prefusion_attn_bwd_dq_kernel[(triton.cdiv(lq, block_m), b * hq)](
+        q, k, v, mask, do, lse, delta, dq, *strides, lq, lk, hq, hq // hkv, scale, scale * LOG2E, **meta
+    )
+    return dq, dk, dv
+
+
+@torch.library.custom_op("lmini::prefusion_attention_triton_bwd", mutates_args=())
+def prefusion_attention_triton_bwd_op(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    causal: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Triton backward as a torch op: (dq, dk, dv)."""
+    return attention_backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale)
+
+
+@prefusion_attention_triton_bwd_op.register_fake
+def _(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _backward(ctx, grad_out, grad_lse):
     q, k, v, key_padding_mask, out, lse = ctx.saved_tensors
-    dq, dk, dv = prefusion_attention_backward(grad_out, q, k, v, ctx.causal, key_padding_mask, ctx.scale)
+    dq, dk, dv = prefusion_attention_triton_bwd_op(grad_out, q, k, v, key_padding_mask, out, lse, ctx.causal, ctx.scale)
     return dq, dk, dv, None, None, None, None
 
 
@@ -328,4 +504,37 @@ AOT_SPECS = [
     )
     for dt in ("fp16", "bf16", "fp32")
     for d in (64, 128)
+]
+
+
+def _bwd_signature(dt: str, kernel: str) -> dict[str, str]:
+    sig = {name: f"*{dt}" for name in ("q_ptr", "k_ptr", "v_ptr")}
+    sig.update({"mask_ptr": "*u8", "do_ptr": f"*{dt}", "lse_ptr": "*fp32", "delta_ptr": "*fp32"})
+    sig.update({"dk_ptr": f"*{dt}", "dv_ptr": f"*{dt}"} if kernel == "dkdv" else {"dq_ptr": f"*{dt}"})
+    sig.update({s: "i64" for s in ("sqb", "sql", "sqh", "skb", "skl", "skh", "svb", "svl", "svh")})
+    sig.update({"lq": "i32", "lk": "i32", "hq": "i32", ("hkv" if kernel == "dkdv" else "group"): "i32"})
+    sig.update({"scale": "fp32", "scale_log2": "fp32"})
+    return sig
+
+
+AOT_SPECS += [
+    AotSpec(
+        name=f"prefusion_attn_bwd_{kernel}[{dt},d={d}]",
+        fn=prefusion_attn_bwd_dkdv_kernel if kernel == "dkdv" else prefusion_attn_bwd_dq_kernel,
+        signature=_bwd_signature(dt, kernel),
+        constexprs={
+            "HAS_MASK": True,
+            "CAUSAL": True,
+            "HEAD_DIM": d,
+            "BLOCK_D": triton.next_power_of_2(d),
+            "BLOCK_M": _bwd_config(tdt)[0],
+            "BLOCK_N": _bwd_config(tdt)[1],
+            "DOT_PRECISION": "ieee" if dt == "fp32" else "tf32",
+        },
+        num_warps=_bwd_config(tdt)[2],
+        num_stages=1,
+    )
+    for dt, tdt in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32))
+    for d in (64, 128)
+    for kernel in ("dkdv", "dq")
 ]
