@@ -1,0 +1,252 @@
+"""Roofline of benchmark results: achieved GB/s and TFLOP/s, arithmetic intensity, fraction of floor.
+
+Input: JSON files from ``lmini bench``, or any file in the minimal schema below. Each result
+needs a time, the FLOPs the op must do and the fewest bytes it must move (performance.md):
+
+.. code-block:: json
+
+    {"device": "cpu: 2 cores ...", "date": "2026-11-25",
+     "device_peaks": {"bandwidth_gbs": 12.5, "tflops": 0.2},          (optional)
+     "results": [{"op": "compress", "backend": "cpu", "label": "1x576x1024 fp16",
+                  "median_s": 0.0012, "flops": 2.3e7, "bytes": 1.18e6}]}
+
+Accepted aliases: a top-level list instead of ``results``; time as ``median_s``, ``time_s``,
+``median_ms``, ``time_ms`` or ``median_us``; bytes as ``bytes`` or ``min_bytes``; a ``name``
+instead of op/backend/label. Results without FLOPs or bytes are skipped with a note.
+
+The device's peaks come from ``--bandwidth``/``--tflops``, else the file's ``device_peaks``,
+else are measured here (:func:`measure_peaks`: a large copy for bandwidth, a large matmul for
+the rate; on the GPU in float16, on the CPU in float32 with the thread count stated).
+
+Floor time = max(FLOPs / peak rate, bytes / peak bandwidth); fraction of floor = floor / time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+TIME_KEYS = {"median_s": 1.0, "time_s": 1.0, "median_ms": 1e-3, "time_ms": 1e-3, "median_us": 1e-6}
+
+
+@dataclass
+class Peaks:
+    """Device ceilings: copy bandwidth (GB/s, 1e9 bytes) and matmul rate (TFLOP/s)."""
+
+    bandwidth_gbs: float
+    tflops: float
+    source: str
+
+    @property
+    def ridge(self) -> float:
+        """Arithmetic intensity (FLOP/byte) where the two roofs meet."""
+        return self.tflops * 1e12 / (self.bandwidth_gbs * 1e9)
+
+
+@dataclass
+class Row:
+    name: str
+    time_s: float
+    flops: float
+    bytes: float
+    gbs: float
+    tflops: float
+    intensity: float
+    floor_s: float
+    fraction_of_floor: float
+    bound: str
+
+
+def _best_time(fn, sync, repeats: int) -> float:
+    """Fastest of ``repeats`` (after one warm-up): a ceiling is the best the device does."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def measure_peaks(
+    device: str | None = None, *, copy_mb: int = 256, matmul_n: int | None = None, repeats: int = 5
+) -> Peaks:
+    """Measure the copy bandwidth and matmul rate of ``device`` (default: cuda if present, else cpu).
+
+    Bandwidth counts read + write of a ``copy_mb`` MB tensor copy; the rate is 2 n^3 / time of
+    an n x n matmul (float16 on the GPU, float32 on the CPU). Best of ``repeats``."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        dtype, n = torch.float16, matmul_n or 8192
+        sync = torch.cuda.synchronize
+    else:
+        dtype, n = torch.float32, matmul_n or 2048
+        sync = lambda: None  # noqa: E731
+    numel = copy_mb * 1_000_000 // 4
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    t_copy = _best_time(lambda: dst.copy_(src), sync, repeats)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t_mm = _best_time(lambda: torch.mm(a, b), sync, repeats)
+    if device == "cuda":
+        what = f"measured on {torch.cuda.get_device_name()}: {copy_mb} MB copy, {n}^3 fp16 matmul"
+    else:
+        what = f"measured on cpu ({torch.get_num_threads()} threads): {copy_mb} MB copy, {n}^3 fp32 matmul"
+    return Peaks(2 * numel * 4 / t_copy / 1e9, 2 * n**3 / t_mm / 1e12, what)
+
+
+def load_results(paths: list[str]) -> tuple[list[dict], dict, list[str]]:
+    """Results from every file, the first file's metadata (device, date, device_peaks), notes."""
+    results, meta, notes = [], {}, []
+    for p in paths:
+        doc = json.loads(Path(p).read_text())
+        rows = doc if isinstance(doc, list) else doc.get("results")
+        if not isinstance(rows, list):
+            raise ValueError(f"results: {p} has no 'results' list (expected the lmini bench JSON or a list)")
+        if isinstance(doc, dict) and not meta:
+            meta = {k: doc[k] for k in ("device", "date", "device_peaks") if k in doc}
+        for r in rows:
+            results.append(r)
+    if not results:
+        notes.append("no results in the input files")
+    return results, meta, notes
+
+
+def _name(r: dict) -> str:
+    if "name" in r:
+        return str(r["name"])
+    parts = [str(r[k]) for k in ("op", "backend", "label") if r.get(k) not in (None, "")]
+    return "/".join(parts) or "result"
+
+
+def _time(r: dict) -> float | None:
+    for k, scale in TIME_KEYS.items():
+        if r.get(k) is not None:
+            return float(r[k]) * scale
+    return None
+
+
+def analyze(results: list[dict], peaks: Peaks) -> tuple[list[Row], list[str]]:
+    """Per result: achieved rates, intensity, floor and its fraction."""
+    rows, notes = [], []
+    for r in results:
+        name, t = _name(r), _time(r)
+        flops = r.get("flops")
+        nbytes = r.get("bytes", r.get("min_bytes"))
+        if t is None or not t > 0:
+            notes.append(f"{name}: skipped, no positive time ({', '.join(TIME_KEYS)})")
+            continue
+        if flops is None or nbytes is None or not nbytes > 0:
+            notes.append(f"{name}: skipped, needs 'flops' and 'bytes' (the op's FLOPs and fewest bytes)")
+            continue
+        flops, nbytes = float(flops), float(nbytes)
+        t_compute = flops / (peaks.tflops * 1e12)
+        t_memory = nbytes / (peaks.bandwidth_gbs * 1e9)
+        floor = max(t_compute, t_memory)
+        rows.append(Row(name, t, flops, nbytes, nbytes / t / 1e9, flops / t / 1e12, flops / nbytes, floor, floor / t,
+                        "compute" if t_compute >= t_memory else "memory"))  # fmt: skip
+    return rows, notes
+
+
+def format_table(rows: list[Row], peaks: Peaks, meta: dict) -> str:
+    """Markdown table, one row per kernel."""
+    lines = [
+        f"Roofline: {meta.get('device', 'device not named in the results')}"
+        + (f", results of {meta['date']}" if meta.get("date") else ""),
+        f"Peaks: {peaks.bandwidth_gbs:.1f} GB/s, {peaks.tflops:.3f} TFLOP/s (ridge {peaks.ridge:.1f} FLOP/B; "
+        f"{peaks.source})",
+        "",
+        "| kernel | time (us) | GB/s | TFLOP/s | FLOP/B | bound | floor (us) | fraction of floor |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {r.time_s * 1e6:.1f} | {r.gbs:.1f} | {r.tflops:.4f} | {r.intensity:.2f} | {r.bound} | "
+            f"{r.floor_s * 1e6:.1f} | {r.fraction_of_floor:.1%} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], peaks: Peaks, path: Path, title: str) -> Path:
+    """Log-log roofline PNG: the two roofs and one labelled point per kernel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    ais = [r.intensity for r in rows] or [peaks.ridge]
+    lo = 10 ** math.floor(math.log10(min(min(ais), peaks.ridge) / 4))
+    hi = 10 ** math.ceil(math.log10(max(max(ais), peaks.ridge) * 4))
+    xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    ax.plot(xs, [min(peaks.tflops, x * peaks.bandwidth_gbs / 1e3) for x in xs], "k-", lw=2, label="roof")
+    ax.axvline(peaks.ridge, color="grey", ls=":", lw=1)
+    for r in rows:
+        ax.plot(r.intensity, r.tflops, "o")
+        ax.annotate(f"{r.name} ({r.fraction_of_floor:.0%})", (r.intensity, r.tflops), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("TFLOP/s")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run(
+    paths: list[str],
+    out: str = "profiling/results",
+    bandwidth: float | None = None,
+    tflops: float | None = None,
+) -> dict[str, object]:
+    """Read results, pick or measure the peaks, write roofline.md and roofline.png under ``out``."""
+    results, meta, notes = load_results(paths)
+    dp = meta.get("device_peaks") or {}
+    if bandwidth is not None and tflops is not None:
+        peaks = Peaks(bandwidth, tflops, "given on the command line")
+    elif dp.get("bandwidth_gbs") and dp.get("tflops") and bandwidth is None and tflops is None:
+        peaks = Peaks(float(dp["bandwidth_gbs"]), float(dp["tflops"]), "from the results file")
+    else:
+        m = measure_peaks()
+        peaks = Peaks(bandwidth or m.bandwidth_gbs, tflops or m.tflops, m.source)
+    rows, more = analyze(results, peaks)
+    notes += more
+    table = format_table(rows, peaks, meta)
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "roofline.md").write_text(table + "\n" + "".join(f"\n- {n}" for n in notes) + "\n")
+    png = plot(rows, peaks, outdir / "roofline.png", f"lmini-kernels roofline: {meta.get('device', '')}")
+    return {"peaks": asdict(peaks), "rows": [asdict(r) for r in rows], "notes": notes, "table": table,
+            "png": str(png), "markdown": str(outdir / "roofline.md")}  # fmt: skip
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """``lmini profile roofline`` (arguments parsed by :mod:`lmini_kernels.profiling.cli`)."""
+    doc = run(args.results, args.out, args.bandwidth, args.tflops)
+    if args.json:
+        print(json.dumps({k: v for k, v in doc.items() if k != "table"}, indent=2))
+    else:
+        print(doc["table"])
+        for n in doc["notes"]:
+            print(f"- {n}")
+        print(f"wrote {doc['markdown']} and {doc['png']}")
+    return 0
+
+
+__all__ = ["Peaks", "Row", "analyze", "format_table", "load_results", "measure_peaks", "plot", "run"]
