@@ -17,7 +17,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("batch", "grid", "c", "heads", "dh"),
-    [(3, 5, 1, 8, 9), (2, 13, 2, 1, 12), (4, 1, 1, 3, 4), (2, 5, 3, 2, 8), (1, 37, 1, 4, 4)],
+    [(3, 5, 1, 8, 9), (2, 13, 2, 1, 12), (4, 1, 1, 3, 4), (2, 5, 3, 2, 8), (1, 37, 1, 4, 4), (2, 5, 2, 16, 4)],
 )
 def test_cpu_folded_matches_float64(batch, grid, c, heads, dh, dtype):
     dim = heads * dh
@@ -188,3 +188,22 @@ def test_device_mismatch_is_named():
     p["query"] = p["query"].to("meta")
     with pytest.raises(ValueError, match="query is on meta"):
         run(randn(2, 9, 16), p, 4, "auto")
+
+
+def test_many_images_one_call():
+    """B > 10,000 images in one call (tiny images so the float64 oracle stays cheap)."""
+    p = make_params(12, 3, 1, 2)
+    x = randn(10_007, 4, 12)
+    out, _ = run(x, p, 3, "cpu")
+    assert_close(out, oracle(x, p, 3)[0])
+
+
+@pytest.mark.parametrize("algorithm", ("auto", "folded"))
+def test_sixteen_by_sixteen_queries(algorithm):
+    """C = 16 (256 queries, Qwen-VL-style): auto takes the projected path; folded stays exact."""
+    p = make_params(32, 2, 16, 3)
+    x = randn(2, 9, 32)
+    out, w = run(x, p, 2, "cpu", algorithm=algorithm, need_weights=True)
+    ref, ref_w = oracle(x, p, 2, need_weights=True)
+    assert_close(out, ref)
+    assert_close(w, ref_w)
