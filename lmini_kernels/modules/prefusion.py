@@ -285,13 +285,7 @@ class FusedPreFusion(nn.Module):
         b, n, _ = text_embeds.shape
         if cache.batch not in (1, b):
             raise ValueError(f"text_embeds: batch {b} does not match the cache batch {cache.batch}")
-        if text_padding_mask is None:
-            text_padding_mask = torch.zeros(b, n, dtype=torch.bool, device=text_embeds.device)
-        if text_padding_mask.shape != (b, n) or text_padding_mask.dtype != torch.bool:
-            raise ValueError(
-                f"text_padding_mask: expected a bool tensor of shape ({b}, {n}), got "
-                f"{text_padding_mask.dtype} {tuple(text_padding_mask.shape)}"
-            )
+        text_padding_mask = _check_mask(text_padding_mask, b, n, text_embeds.device)
         p = cache.prefix_len
         keep = ~text_padding_mask
         pos = (p + keep.long().cumsum(-1) - 1).masked_fill(text_padding_mask, 1)  # official: padded -> 1
@@ -315,9 +309,51 @@ class FusedPreFusion(nn.Module):
         compressed_tokens: torch.Tensor,
         text_embeds: torch.Tensor,
         text_padding_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One question about one image per sample: ``fuse(prefill(vision, compressed), text, mask)``."""
-        return self.fuse(self.prefill(vision_tokens, compressed_tokens), text_embeds, text_padding_mask)
+        *,
+        return_cache: bool = False,
+    ):
+        """One question about one image per sample, in one pass over ``[vision, compressed, text]``
+        (large GEMMs) with the last layer pruned: equal to ``fuse(prefill(vision, compressed),
+        text, mask)``. Returns (compressed (B, Q, hidden), fused text (B, L, hidden)), plus the
+        :class:`PrefusionCache` of the image for follow-up questions when ``return_cache``."""
+        _check_tokens("vision_tokens", vision_tokens, self)
+        _check_tokens("compressed_tokens", compressed_tokens, self)
+        _check_tokens("text_embeds", text_embeds, self)
+        b, n, _ = text_embeds.shape
+        if vision_tokens.shape[0] != b or compressed_tokens.shape[0] != b:
+            raise ValueError(
+                f"vision_tokens, compressed_tokens, text_embeds: batches differ ({vision_tokens.shape[0]}, "
+                f"{compressed_tokens.shape[0]}, {b})"
+            )
+        text_padding_mask = _check_mask(text_padding_mask, b, n, text_embeds.device)
+        nq = compressed_tokens.shape[1]
+        p = vision_tokens.shape[1] + nq
+        x = torch.cat([vision_tokens, compressed_tokens, text_embeds], dim=1)
+        mask = torch.cat([text_padding_mask.new_zeros(b, p), text_padding_mask], dim=1)
+        keep = ~mask
+        pos = (keep.long().cumsum(-1) - 1).masked_fill(mask, 1)  # official: padded -> 1
+        cos, sin = self._rope(pos, x.dtype)
+        keys, values = [], []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer.input_layernorm(x)
+            if i < last:
+                q, k, v = self._qkv(layer, h, cos, sin)
+                x = self._finish(layer, x, self._attend(q, k, v, mask))
+            else:  # pruned: Q, attention output, O and MLP only for the kept rows
+                _, k, v = self._qkv(layer, h, cos, sin, need_q=False)
+                start = p - nq
+                q = layer.self_attn.q_proj(h[:, start:]).view(b, -1, self.num_heads, self.head_dim)
+                q = q * cos[:, start:] + _rotate_half(q) * sin[:, start:]
+                x = self._finish(layer, x[:, start:], self._attend(q, k, v, mask))
+            keys.append(k)
+            values.append(v)
+        compressed = x[:, :nq]
+        fused = torch.where(text_padding_mask[..., None], text_embeds, x[:, nq:])
+        if not return_cache:
+            return compressed, fused
+        cache = PrefusionCache([k[:, :p] for k in keys], [v[:, :p] for v in values], compressed)
+        return compressed, fused, cache
 
     def fuse_video(
         self,
@@ -346,10 +382,9 @@ class FusedPreFusion(nn.Module):
             if vision.shape[0] != b:
                 raise ValueError(f"chunks: batch {vision.shape[0]} does not match text_embeds batch {b}")
             tc = vision.shape[1]
-            cache = self.prefill(vision.flatten(0, 1), compressed.flatten(0, 1))
             text = text_embeds[:, None].expand(b, tc, n, h).flatten(0, 1)
             mask = text_padding_mask[:, None].expand(b, tc, n).flatten(0, 1)
-            comp, fused = self.fuse(cache, text, mask)
+            comp, fused = self.forward(vision.flatten(0, 1), compressed.flatten(0, 1), text, mask)
             tokens.append(comp.unflatten(0, (b, tc)).flatten(1, 2))
             s = fused.float().unflatten(0, (b, tc)).sum(1)
             total = s if total is None else total + s
@@ -357,6 +392,15 @@ class FusedPreFusion(nn.Module):
         if frames == 0:
             raise ValueError("chunks: expected at least one frame")
         return torch.cat(tokens, dim=1), (total / frames).to(text_embeds.dtype)
+
+
+def _check_mask(mask: torch.Tensor | None, b: int, n: int, device) -> torch.Tensor:
+    if mask is None:
+        return torch.zeros(b, n, dtype=torch.bool, device=device)
+    if not isinstance(mask, torch.Tensor) or mask.shape != (b, n) or mask.dtype != torch.bool:
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"text_padding_mask: expected a bool tensor of shape ({b}, {n}), got {got}")
+    return mask
 
 
 def _check_tokens(name: str, t: torch.Tensor, m: FusedPreFusion) -> None:
