@@ -452,32 +452,41 @@ class VideoPredictor:
         return track(self.mode, m, run).peak
 
     def peak(self, frames: int) -> int:
-        """Predicted peak bytes (weights included)."""
-        return model_bytes(self.model) + max(self.vision_peak(frames), self.llm_peak(frames))
+        """Predicted peak bytes (weights included); memoized per frame count."""
+        memo = self.__dict__.setdefault("_memo", {})
+        if frames not in memo:
+            memo[frames] = model_bytes(self.model) + max(self.vision_peak(frames), self.llm_peak(frames))
+        return memo[frames]
 
     def max_frames(self, budget_bytes: int) -> int:
-        """Largest T with peak(T) <= budget (0 if not even one frame fits): a secant guess from
-        two points, then bisection inside a bracket around it."""
-        cache: dict[int, int] = {}
-
-        def fits(t: int) -> bool:
-            if t not in cache:
-                cache[t] = self.peak(t)
-            return cache[t] <= budget_bytes
-
-        if not fits(1):
+        """Largest T with peak(T) <= budget (0 if not even one frame fits): secant steps on the
+        (nearly linear) peak curve, then an exponential walk and bisection to the exact frame."""
+        peak = self.peak
+        if peak(1) > budget_bytes:
             return 0
-        t1, t2 = 1024, 2048
-        p1, p2 = self.peak(t1), self.peak(t2)
-        guess = max(1, int(t1 + (budget_bytes - p1) * (t2 - t1) / max(1, p2 - p1)))
-        lo, hi = max(1, guess - guess // 50 - 1), guess + guess // 50 + 1
-        while lo > 1 and not fits(lo):
-            lo = max(1, lo // 2)
-        while fits(hi):
-            lo, hi = hi, hi * 2
+        ta, tb = 1024, 2048
+        for _ in range(6):
+            pa, pb = peak(ta), peak(tb)
+            slope = (pb - pa) / (tb - ta)  # bytes per frame, > 0
+            if not slope > 0:
+                break
+            guess = max(1, int(tb + (budget_bytes - pb) / slope))
+            if guess in (ta, tb):
+                break
+            ta, tb = tb, guess
+        lo, step = tb, 1
+        if peak(lo) <= budget_bytes:
+            while peak(lo + step) <= budget_bytes:
+                lo, step = lo + step, step * 2
+            hi = lo + step
+        else:
+            hi = lo
+            while peak(max(1, hi - step)) > budget_bytes:
+                hi, step = max(1, hi - step), step * 2
+            lo = max(1, hi - step)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if fits(mid):
+            if peak(mid) <= budget_bytes:
                 lo = mid
             else:
                 hi = mid
@@ -598,31 +607,24 @@ def memory_report(
     doc["image_request"] = images
 
     mode, model = build_fake_model(LlavaMiniConfig.from_name(model_name))
+    w = model_bytes(model)
+    preds = {pipe: VideoPredictor(mode, model, pipe, req) for pipe in PIPELINES}
     video = {}
     for frames in (1000, 10000):
-        row = {}
-        for pipe in PIPELINES:
-            pred = VideoPredictor(mode, model, pipe, _replace(req, frames=frames))
-            w = model_bytes(model)
-            row[pipe] = {
+        video[str(frames)] = {
+            pipe: {
                 "peak_bytes": pred.peak(frames),
                 "vision_phase_bytes": w + pred.vision_peak(frames),
                 "llm_phase_bytes": w + pred.llm_peak(frames),
             }
-        video[str(frames)] = row
+            for pipe, pred in preds.items()
+        }
     doc["video_peak"] = video
     reserve = int(reserve_gb * GiB)
-    max_frames: dict[str, dict[str, int]] = {}
-    for pipe in PIPELINES:
-        pred = VideoPredictor(mode, model, pipe, req)
-        max_frames[pipe] = {_gb_key(g): pred.max_frames(int(g * GiB) - reserve) for g in gpu_gb}
-    doc["max_frames"] = max_frames
-    per_frame = {}
-    for pipe in PIPELINES:
-        pred = VideoPredictor(mode, model, pipe, req)
-        pred.fit_vision()
-        per_frame[pipe] = int(pred._slope)
-    doc["vision_phase_bytes_per_frame"] = per_frame
+    doc["max_frames"] = {
+        pipe: {_gb_key(g): pred.max_frames(int(g * GiB) - reserve) for g in gpu_gb} for pipe, pred in preds.items()
+    }
+    doc["vision_phase_bytes_per_frame"] = {pipe: int(pred._slope) for pipe, pred in preds.items()}
     doc["max_frames_assumptions"] = {
         "model": model_name,
         "weights_bytes": model_bytes(model),
