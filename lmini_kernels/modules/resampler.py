@@ -80,7 +80,9 @@ class FusedResampler(nn.Module):
         params = self._params()
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             return self._fold(n)
-        key = (n, self.ln_q.eps, self.ln_kv.eps) + tuple((id(p), p._version, p.device, p.dtype) for p in params)
+        key = (n, self.ln_q.eps, self.ln_kv.eps) + tuple(
+            (id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params
+        )
         f = self._cache.get(key)
         if f is None:
             # Stale entries (old versions of the parameters) are dropped; one entry per N stays.

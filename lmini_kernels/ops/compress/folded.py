@@ -134,8 +134,9 @@ def epilogue(
     batch, k, dim = acc.shape
     nq = k // num_heads
     z = acc.view(batch * nq, num_heads, dim).transpose(0, 1)  # (H, B*Q, D)
-    o = torch.bmm(z, f.wv.transpose(1, 2))  # (H, B*Q, dh)
-    o = o.transpose(0, 1).reshape(batch, nq, dim) + f.bv
+    # Bias fused into the batched GEMM and into out_proj's GEMM: few ops, few parallel regions.
+    o = torch.baddbmm(f.bv.view(num_heads, 1, dim // num_heads), z, f.wv.transpose(1, 2))  # (H, B*Q, dh)
+    o = o.transpose(0, 1).reshape(batch, nq, dim)
     return F.linear(o, out_proj_weight.to(acc.dtype), out_proj_bias.to(acc.dtype))
 
 
