@@ -13,6 +13,7 @@ import torch
 
 SUITES: dict[str, str] = {
     "compress": "lmini_kernels.bench.compress:run",
+    "prefusion": "lmini_kernels.bench.prefusion:run",
 }
 
 
