@@ -74,6 +74,8 @@ def environment(device: str) -> dict[str, Any]:
         "triton": triton_version,
         "lmini_kernels": lmini_kernels.__version__,
         "commit": commit,
+        # Other processes share a CPU: the 1-minute load average at the start says how much.
+        "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
@@ -178,7 +180,7 @@ def write_results(ctx: BenchContext, env: dict[str, Any], out_dir: Path | None =
                "rows": [asdict(r) for r in ctx.rows]}  # fmt: skip
     paths["json"].write_text(json.dumps(payload, indent=1) + "\n")
     with open(paths["csv"], "w", newline="") as f:
-        env_cols = ["device_name", "threads", "torch", "triton", "date", "commit"]
+        env_cols = ["device_name", "threads", "torch", "triton", "date", "commit", "load_avg_1m"]
         fields = list(asdict(ctx.rows[0]).keys()) if ctx.rows else ["suite"]
         w = csv.DictWriter(f, fieldnames=fields + ["copy_gbps"] + env_cols)
         w.writeheader()
