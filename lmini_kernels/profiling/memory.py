@@ -18,8 +18,9 @@ allocator's own events (torch profiler memory timeline): the two agree within 10
 Max frames: the official per-frame video pipeline loads every frame's pixels at once, runs
 CLIP + compression + the full pre-fusion one frame at a time, then one LLM prefill over all
 frame tokens with HF-style fp32 logits at every position. Our streaming pipeline moves
-``chunk`` frames of pixels at a time, batches them, and prefills the LLM in chunks keeping
-only the last position's logits. Peaks for thousands of frames are composed from exact runs:
+``chunk`` frames of pixels at a time, batches them through CLIP, the compressor and
+``FusedPreFusion.fuse_video``, and prefills the LLM in chunks keeping only the last
+position's logits. Peaks for thousands of frames are composed from exact runs:
 the vision phase is linear in the frame count (checked on three runs), the LLM phase is run
 at the full frame count (one prefill on fake tensors is cheap).
 """
@@ -145,6 +146,8 @@ class LiveBytesTracker(TorchDispatchMode):
             self.by_category[a.category] -= a.nbytes
 
     def _add(self, t: torch.Tensor) -> None:
+        if t.device.type == "meta":  # shapes only, no memory (e.g. modules built on meta, then filled)
+            return
         st = t.untyped_storage()
         key = st._cdata
         if key in self.live:
@@ -359,25 +362,31 @@ def video_official(model, tr, req: Request, *, vision_only: bool = False):
 
 def video_streaming(model, tr, req: Request, *, vision_only: bool = False):
     """Our streaming video path: ``chunk_frames`` frames' pixels at a time, batched through CLIP,
-    compression and pre-fusion; fused text summed in float32; chunked LLM prefill."""
+    the compressor and the projector, then :meth:`lmini_kernels.modules.FusedPreFusion.fuse_video`
+    (pruned last layer, the question batched against every frame of a chunk, fused text summed
+    in float32); chunked LLM prefill keeping only the last position's logits."""
+    from lmini_kernels.modules import FusedPreFusion
+
     with _stage(tr, "inputs", "inputs"):
         ids = _ids(model, req)
-    tokens, text_sum = [], None
-    with torch.no_grad():
+    fused_prefusion = FusedPreFusion.from_model(model)  # shares the model's pre-fusion parameters
+
+    def chunks():
         for f0 in range(0, req.frames, req.chunk_frames):
             nf = min(req.chunk_frames, req.frames - f0)
             with _stage(tr, "inputs", "inputs"):
-                px = _pixels(model, nf, 1)[0]  # (nf, 1, 3, H, W): the frames as a batch
-            v, txt = model.encode_images_mini(px, ids.expand(nf, -1))
+                px = _pixels(model, nf, 1)[0, :, 0]  # (nf, 3, H, W): the chunk's frames as a batch
+            clip = model.encode_images(px)
             del px
-            tokens.append(v.reshape(1, -1, v.shape[-1]).clone())  # a copy: the slice would pin all rows
-            s = txt.float().sum(0, keepdim=True)
-            text_sum = s if text_sum is None else text_sum + s
-            del v, txt, s
-        vision = torch.cat(tokens, dim=1)
-        del tokens
-        text = (text_sum / req.frames).to(model.dtype)
-        del text_sum
+            compressed, _ = model.compress(clip)
+            vision = model.project(clip)
+            del clip
+            yield vision[None], model.project(compressed)[None]
+
+    with torch.no_grad():
+        text = model.embed(ids)
+        with _stage(tr, "encode"):
+            vision, text = fused_prefusion.fuse_video(chunks(), text, ids <= 0)
         if vision_only:
             return vision
         return llm_phase(model, tr, vision, text, req, official=False)
@@ -418,17 +427,24 @@ class VideoPredictor:
         return track(self.mode, self.model, lambda tr: fn(self.model, tr, req, vision_only=True)).peak
 
     def fit_vision(self) -> None:
-        """Vision-phase peak = offset + slope x T, from runs at 2, 3 and 4 units (a frame, or a
-        chunk for streaming; the first unit differs: nothing from an earlier one is live yet);
+        """Vision-phase peak = offset + slope x T, from runs at 3, 4 and 5 units (a frame, or a
+        chunk for streaming; the first two differ: less from earlier units is live);
         raises if the three runs are not on one line."""
         unit = 1 if self.pipeline == "official" else self.req.chunk_frames
-        p1, p2, p3 = (self._vision_peak(k * unit) for k in (2, 3, 4))
+        p1, p2, p3 = (self._vision_peak(k * unit) for k in (3, 4, 5))
         if abs((p3 - p2) - (p2 - p1)) > 0.01 * max(1, p2 - p1):
             raise RuntimeError(f"{self.pipeline}: vision-phase peak not linear in frames ({p1}, {p2}, {p3})")
         self._slope = (p2 - p1) / unit
-        self._offset = p1 - self._slope * 2 * unit
+        self._offset = p1 - self._slope * 3 * unit
 
     def vision_peak(self, frames: int) -> int:
+        """Run directly up to 5 units (where the line does not hold yet), from the line beyond."""
+        unit = 1 if self.pipeline == "official" else self.req.chunk_frames
+        if frames <= 5 * unit:
+            memo = self.__dict__.setdefault("_vision_memo", {})
+            if frames not in memo:
+                memo[frames] = self._vision_peak(frames)
+            return memo[frames]
         if self._slope is None:
             self.fit_vision()
         return int(self._offset + self._slope * frames)
