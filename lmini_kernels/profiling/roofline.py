@@ -10,9 +10,14 @@ needs a time, the FLOPs the op must do and the fewest bytes it must move (perfor
      "results": [{"op": "compress", "backend": "cpu", "label": "1x576x1024 fp16",
                   "median_s": 0.0012, "flops": 2.3e7, "bytes": 1.18e6}]}
 
-Accepted aliases: a top-level list instead of ``results``; time as ``median_s``, ``time_s``,
-``median_ms``, ``time_ms`` or ``median_us``; bytes as ``bytes`` or ``min_bytes``; a ``name``
-instead of op/backend/label. Results without FLOPs or bytes are skipped with a note.
+The ``lmini bench`` JSON (``{"suite", "environment": {"device_name", "threads", "date",
+"copy_gbps", ...}, "rows": [{"case", "provider", "ms", "bytes", "flops", ...}]}``) is read as
+is: its same-run copy bandwidth becomes the bandwidth roof unless one is given. Accepted
+aliases: a top-level list instead of ``results``; time as ``median_s``, ``time_s``,
+``median_ms``, ``time_ms``, ``ms`` or ``median_us``; bytes as ``bytes`` or ``min_bytes``; a
+``name`` instead of op/backend/label (or suite/case/provider). Results without a time or bytes
+are skipped with a note; rows with no FLOPs recorded are in the table (memory roof only) but
+not on the plot.
 
 The device's peaks come from ``--bandwidth``/``--tflops``, else the file's ``device_peaks``,
 else are measured here (:func:`measure_peaks`: a large copy for bandwidth, a large matmul for
@@ -30,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-TIME_KEYS = {"median_s": 1.0, "time_s": 1.0, "median_ms": 1e-3, "time_ms": 1e-3, "median_us": 1e-6}
+TIME_KEYS = {"median_s": 1.0, "time_s": 1.0, "median_ms": 1e-3, "time_ms": 1e-3, "ms": 1e-3, "median_us": 1e-6}
 
 
 @dataclass
@@ -110,11 +115,19 @@ def load_results(paths: list[str]) -> tuple[list[dict], dict, list[str]]:
     results, meta, notes = [], {}, []
     for p in paths:
         doc = json.loads(Path(p).read_text())
-        rows = doc if isinstance(doc, list) else doc.get("results")
+        rows = doc if isinstance(doc, list) else doc.get("results", doc.get("rows"))
         if not isinstance(rows, list):
-            raise ValueError(f"results: {p} has no 'results' list (expected the lmini bench JSON or a list)")
+            raise ValueError(f"results: {p} has no 'results' or 'rows' list (expected the lmini bench JSON)")
         if isinstance(doc, dict) and not meta:
             meta = {k: doc[k] for k in ("device", "date", "device_peaks") if k in doc}
+            env = doc.get("environment") or {}
+            if "device" not in meta and env.get("device_name"):
+                threads = f", {env['threads']} threads" if env.get("device") == "cpu" and env.get("threads") else ""
+                meta["device"] = f"{env['device_name']}{threads}"
+            if "date" not in meta and env.get("date"):
+                meta["date"] = env["date"]
+            if "device_peaks" not in meta and env.get("copy_gbps"):
+                meta["device_peaks"] = {"bandwidth_gbs": float(env["copy_gbps"])}
         for r in rows:
             results.append(r)
     if not results:
@@ -125,7 +138,8 @@ def load_results(paths: list[str]) -> tuple[list[dict], dict, list[str]]:
 def _name(r: dict) -> str:
     if "name" in r:
         return str(r["name"])
-    parts = [str(r[k]) for k in ("op", "backend", "label") if r.get(k) not in (None, "")]
+    keys = ("op", "backend", "label") if "op" in r else ("suite", "case", "provider")
+    parts = [str(r[k]) for k in keys if r.get(k) not in (None, "")]
     return "/".join(parts) or "result"
 
 
@@ -149,6 +163,8 @@ def analyze(results: list[dict], peaks: Peaks) -> tuple[list[Row], list[str]]:
         if flops is None or nbytes is None or not nbytes > 0:
             notes.append(f"{name}: skipped, needs 'flops' and 'bytes' (the op's FLOPs and fewest bytes)")
             continue
+        if not flops:
+            notes.append(f"{name}: no FLOPs recorded: memory roof only, not plotted")
         flops, nbytes = float(flops), float(nbytes)
         t_compute = flops / (peaks.tflops * 1e12)
         t_memory = nbytes / (peaks.bandwidth_gbs * 1e9)
@@ -185,6 +201,7 @@ def plot(rows: list[Row], peaks: Peaks, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    rows = [r for r in rows if r.intensity > 0 and r.tflops > 0]  # a log plot has no place for zero FLOPs
     ais = [r.intensity for r in rows] or [peaks.ridge]
     lo = 10 ** math.floor(math.log10(min(min(ais), peaks.ridge) / 4))
     hi = 10 ** math.ceil(math.log10(max(max(ais), peaks.ridge) * 4))
@@ -218,13 +235,15 @@ def run(
     """Read results, pick or measure the peaks, write roofline.md and roofline.png under ``out``."""
     results, meta, notes = load_results(paths)
     dp = meta.get("device_peaks") or {}
-    if bandwidth is not None and tflops is not None:
-        peaks = Peaks(bandwidth, tflops, "given on the command line")
-    elif dp.get("bandwidth_gbs") and dp.get("tflops") and bandwidth is None and tflops is None:
-        peaks = Peaks(float(dp["bandwidth_gbs"]), float(dp["tflops"]), "from the results file")
-    else:
+    bw = bandwidth or dp.get("bandwidth_gbs")
+    rate = tflops or dp.get("tflops")
+    given = "given on the command line" if (bandwidth or tflops) else "from the results file"
+    if bw and rate:
+        peaks = Peaks(float(bw), float(rate), given)
+    else:  # measure what is missing here (say so: it may not be the machine of the results)
         m = measure_peaks()
-        peaks = Peaks(bandwidth or m.bandwidth_gbs, tflops or m.tflops, m.source)
+        src = m.source if not (bw or rate) else f"{given} and {m.source} (for the rest)"
+        peaks = Peaks(float(bw or m.bandwidth_gbs), float(rate or m.tflops), src)
     rows, more = analyze(results, peaks)
     notes += more
     table = format_table(rows, peaks, meta)

@@ -67,3 +67,28 @@ def test_cli_and_bad_input(tmp_path, capsys):
         roofline.run([str(bad)], str(tmp_path / "d"), 1.0, 1.0)
     with pytest.raises(SystemExit):
         profile_main(["roofline", path, "--bandwidth", "-1"])
+
+
+def test_reads_the_bench_harness_json(tmp_path):
+    """The `lmini bench` layout: environment + rows with ms; its same-run copy bandwidth is the roof."""
+    doc = {
+        "suite": "compress",
+        "environment": {
+            "device": "cpu",
+            "device_name": "Test CPU",
+            "threads": 2,
+            "date": "2026-11-25T11:17:22Z",
+            "copy_gbps": 20.0,
+        },  # fmt: skip
+        "rows": [
+            {"suite": "compress", "case": "image B=1", "provider": "lmini cpu", "ms": 2.0, "bytes": 4e7, "flops": 2e9},
+            {"suite": "compress", "case": "copy", "provider": "x", "ms": 1.0, "bytes": 1e7, "flops": 0},
+        ],
+    }
+    out = roofline.run([_write(tmp_path, doc)], str(tmp_path / "b"), tflops=1.0)
+    assert out["peaks"]["bandwidth_gbs"] == 20.0 and out["peaks"]["tflops"] == 1.0
+    rows = {r["name"]: r for r in out["rows"]}
+    r = rows["compress/image B=1/lmini cpu"]
+    assert r["gbs"] == pytest.approx(20.0) and r["fraction_of_floor"] == pytest.approx(1.0)  # at the memory roof
+    assert rows["compress/copy/x"]["bound"] == "memory" and any("no FLOPs" in n for n in out["notes"])
+    assert "Test CPU, 2 threads" in out["table"]
