@@ -80,22 +80,30 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
-def time_ms(fn: Callable[[], Any], device: str, *, min_run_time: float = 1.0) -> float:
-    """Median milliseconds of ``fn()`` after a warm-up call.
+def time_stats(fn: Callable[[], Any], device: str, *, min_run_time: float = 1.0) -> tuple[float, float]:
+    """(median, min) milliseconds of ``fn()`` after a warm-up call.
 
     CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` (at least ``min_run_time`` s of
-    runs; a slow callable still runs at least once after the warm-up). GPU: ``do_bench``."""
+    runs; a slow callable still runs at least once after the warm-up). GPU: ``do_bench``. The
+    minimum is reported beside the median because CPUs here are shared: other processes
+    lengthen some runs, rarely shorten one."""
     fn()  # warm-up: caches, compilation, lazy initialisation
     if device == "cuda":
         import triton.testing
 
-        return float(
-            triton.testing.do_bench(fn, warmup=25, rep=max(100, int(min_run_time * 1000)), return_mode="median")
-        )
+        rep = max(100, int(min_run_time * 1000))
+        times = triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="all")
+        return float(torch.tensor(times).median()), float(min(times))
     from torch.utils import benchmark
 
     m = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-    return m.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    res = m.blocked_autorange(min_run_time=min_run_time)
+    return res.median * 1e3, min(res.times) * 1e3
+
+
+def time_ms(fn: Callable[[], Any], device: str, *, min_run_time: float = 1.0) -> float:
+    """Median milliseconds of ``fn()`` (see :func:`time_stats`)."""
+    return time_stats(fn, device, min_run_time=min_run_time)[0]
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 256 * 2**20) -> float:
@@ -120,7 +128,8 @@ class Row:
     gbps: float
     tflops: float
     frac_copy_bw: float
-    speedup: float | None = None  # over the case's baseline provider
+    speedup: float | None = None  # over the case's baseline provider (medians)
+    ms_min: float = 0.0  # the fastest run, beside the median
     baseline: str | None = None
     note: str = ""
 
@@ -151,21 +160,25 @@ class BenchContext:
     ) -> Row | None:
         """Time ``fn`` and record it; a provider that raises is reported and skipped."""
         try:
-            ms = time_ms(fn, self.device, min_run_time=self.min_run_time if min_run_time is None else min_run_time)
+            ms, ms_min = time_stats(
+                fn, self.device, min_run_time=self.min_run_time if min_run_time is None else min_run_time
+            )
         except Exception as exc:  # one broken provider must not end the run
             if self.verbose:
                 print(f"  {case:28s} {provider:26s} FAILED: {type(exc).__name__}: {str(exc)[:200]}")
             return None
         gbps = nbytes / (ms * 1e-3) / 1e9
         row = Row(self.suite, case, provider, ms, nbytes, flops, gbps, flops / (ms * 1e-3) / 1e12,
-                  gbps / self.copy_gbps if self.copy_gbps else 0.0, baseline=baseline, note=note)  # fmt: skip
+                  gbps / self.copy_gbps if self.copy_gbps else 0.0, baseline=baseline, note=note,
+                  ms_min=ms_min)  # fmt: skip
         if baseline is not None:
             base = next((r for r in self.rows if r.case == case and r.provider == baseline), None)
             row.speedup = base.ms / ms if base else None
         self.rows.append(row)
         if self.verbose:
             sp = f"{row.speedup:9.1f}x" if row.speedup else " " * 10
-            print(f"  {case:28s} {provider:26s} {ms:10.3f} ms {gbps:8.2f} GB/s {row.frac_copy_bw:6.1%} of copy {sp}")
+            print(f"  {case:28s} {provider:26s} {ms:10.3f} ms (min {ms_min:9.3f}) {gbps:8.2f} GB/s "
+                  f"{row.frac_copy_bw:6.1%} of copy {sp}")  # fmt: skip
         return row
 
 
@@ -228,8 +241,12 @@ def plot(ctx: BenchContext, env: dict[str, Any], path: Path) -> Path | None:
 
 def markdown_table(ctx: BenchContext) -> str:
     """The results as a Markdown table (for the README)."""
-    lines = ["| case | provider | ms | GB/s | of copy BW | speedup |", "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| case | provider | ms (median) | ms (min) | GB/s | of copy BW | speedup |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in ctx.rows:
         sp = f"{r.speedup:.1f}x" if r.speedup else "-"
-        lines.append(f"| {r.case} | {r.provider} | {r.ms:.3f} | {r.gbps:.2f} | {r.frac_copy_bw:.0%} | {sp} |")
+        lines.append(f"| {r.case} | {r.provider} | {r.ms:.3f} | {r.ms_min:.3f} | {r.gbps:.2f} | {r.frac_copy_bw:.0%} "
+                     f"| {sp} |")  # fmt: skip
     return "\n".join(lines)
