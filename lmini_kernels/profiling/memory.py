@@ -718,6 +718,9 @@ def format_report(doc: dict[str, object]) -> str:
         sp = s["stage_peak_bytes"]
         cells = " ".join(f"{(sp[k] / GiB):11.2f}" if k in sp else f"{'-':>11s}" for k in stages)
         lines.append(f"{name:26s} {_gib(s['weights_bytes'])} {cells} {_gib(s['peak_bytes'])}")
+        at = s["at_peak"]
+        parts = ", ".join(f"{k} {v / MB:.1f} MB" for k, v in sorted(at.items()))
+        lines.append(f"{'':26s} live at the peak besides the weights: {parts}")
     lines += ["", "Predicted peak of a video request (GiB, weights included)"]
     for frames, row in doc["video_peak"].items():  # type: ignore[union-attr]
         for pipe, r in row.items():

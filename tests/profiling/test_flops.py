@@ -159,3 +159,12 @@ def test_fused_prefusion_closed_form():
     assert fused == 2 * (3 * (kv + q_o_mlp) * rows + kv * rows + q_o_mlp * kept)
     follow = _count("llava-mini-vicuna-7b-followup")["prefusion"]
     assert follow == 2 * 4 * (kv + q_o_mlp) * text
+
+
+def test_lmini_profile_entry_point(capsys):
+    """`lmini profile flops ...` reaches this suite through the top-level CLI."""
+    from lmini_kernels.cli import main as lmini_main
+
+    assert lmini_main(["profile", "flops", "--json", "--no-ablations", "--text-tokens", "10"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["text_tokens"] == 10 and "llava-mini-vicuna-7b-fused" in doc["models"]
