@@ -9,6 +9,7 @@
 TORCH_LIBRARY(lmini, m) {
   m.def("row_softmax(Tensor x, float scale) -> Tensor");
   m.def("compress_folded(Tensor x, Tensor a, Tensor p, float eps, int splits) -> (Tensor, Tensor)");
+  m.def("compress_epilogue(Tensor acc, Tensor wv, Tensor bv, Tensor wo, Tensor bo) -> Tensor");
   m.def("prefusion_attention(Tensor q, Tensor k, Tensor v, bool causal, Tensor? key_padding_mask, float scale) -> Tensor");
 }
 

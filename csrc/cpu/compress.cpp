@@ -292,8 +292,105 @@ std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const
   return {acc, lse};
 }
 
+// ---- epilogue: out = out_proj(concat_h(Wv_h' acc_h + bv_h)) for every row (image, query) ----
+// One parallel region over blocks of kEpiRows rows, so each weight row is read once per block
+// (8 MB of weights per block at D = 1024; the rows' acc stay in L1/L2). A separate GEMM per
+// step would open three parallel regions, each costing a scheduler time slice on a busy CPU.
+
+constexpr int kEpiRows = 8;
+
+// y[r][j] = bias[j] + w[j, :] . x[r][:] for r < nr, j < nout; x rows of width nin, stride ldx.
+__attribute__((always_inline)) inline void gemv_rows_body(const float* __restrict w, const float* __restrict bias,
+                                                          const float* __restrict x, int64_t ldx, int nr,
+                                                          int64_t nin, int64_t nout, float* __restrict y,
+                                                          int64_t ldy) {
+  const int64_t nv = nin / kVec;
+  for (int64_t j = 0; j < nout; ++j) {
+    const float* wj = w + j * nin;
+    vf c[kEpiRows] = {};
+    for (int64_t i = 0; i < nv; ++i) {
+      vf wv;
+      std::memcpy(&wv, wj + i * kVec, sizeof(vf));
+      for (int r = 0; r < kEpiRows; ++r) {
+        if (r < nr) {
+          vf xv;
+          std::memcpy(&xv, x + r * ldx + i * kVec, sizeof(vf));
+          c[r] += wv * xv;
+        }
+      }
+    }
+    for (int r = 0; r < nr; ++r) {
+      float acc = hsum(c[r]) + bias[j];
+      for (int64_t d = nv * kVec; d < nin; ++d) acc += wj[d] * x[r * ldx + d];
+      y[r * ldy + j] = acc;
+    }
+  }
+}
+
+using GemvFn = void (*)(const float*, const float*, const float*, int64_t, int, int64_t, int64_t, float*, int64_t);
+#define LMINI_GEMV_VARIANT(name, attr)                                                                         \
+  attr void name(const float* w, const float* bias, const float* x, int64_t ldx, int nr, int64_t nin,         \
+                 int64_t nout, float* y, int64_t ldy) {                                                        \
+    gemv_rows_body(w, bias, x, ldx, nr, nin, nout, y, ldy);                                                    \
+  }
+LMINI_GEMV_VARIANT(gemv_rows_baseline, )
+#if LMINI_X86_DISPATCH
+LMINI_GEMV_VARIANT(gemv_rows_avx2, __attribute__((target("avx2,fma"))))
+LMINI_GEMV_VARIANT(gemv_rows_avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
+#endif
+
+GemvFn pick_gemv_fn() {
+#if LMINI_X86_DISPATCH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return gemv_rows_avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return gemv_rows_avx2;
+#endif
+  return gemv_rows_baseline;
+}
+
+const GemvFn gemv_rows = pick_gemv_fn();
+
+// acc (R, H, D) fp32, wv (H, dh, D), bv (H*dh = D), wo (D, D), bo (D) -> out (R, D) fp32.
+at::Tensor compress_epilogue(const at::Tensor& acc_in, const at::Tensor& wv_in, const at::Tensor& bv_in,
+                             const at::Tensor& wo_in, const at::Tensor& bo_in) {
+  const char* op = "lmini::compress_epilogue (CPU)";
+  for (const at::Tensor* t : {&acc_in, &wv_in, &bv_in, &wo_in, &bo_in}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat, op, ": float32 CPU tensors expected");
+  }
+  TORCH_CHECK(acc_in.dim() == 3 && wv_in.dim() == 3 && wv_in.size(0) == acc_in.size(1) &&
+                  wv_in.size(2) == acc_in.size(2),
+              op, ": acc (R, H, D) and wv (H, dh, D) expected");
+  const int64_t rows = acc_in.size(0), heads = acc_in.size(1), dim = acc_in.size(2), dh = wv_in.size(1);
+  TORCH_CHECK(heads * dh == dim && bv_in.numel() == dim && wo_in.dim() == 2 && wo_in.size(0) == dim &&
+                  wo_in.size(1) == dim && bo_in.numel() == dim,
+              op, ": bv (D), wo (D, D), bo (D) with D = heads * dh expected");
+  const at::Tensor acc = acc_in.contiguous(), wv = wv_in.contiguous(), bv = bv_in.contiguous();
+  const at::Tensor wo = wo_in.contiguous(), bo = bo_in.contiguous();
+  at::Tensor out = new_output(at::empty({rows, dim}, acc.options()));
+  const float *a = acc.data_ptr<float>(), *w1 = wv.data_ptr<float>(), *b1 = bv.data_ptr<float>();
+  const float *w2 = wo.data_ptr<float>(), *b2 = bo.data_ptr<float>();
+  float* y = out.data_ptr<float>();
+  const int64_t blocks = (rows + kEpiRows - 1) / kEpiRows;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> o(kEpiRows * dim);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t r0 = blk * kEpiRows;
+      const int nr = int(std::min<int64_t>(kEpiRows, rows - r0));
+      for (int64_t h = 0; h < heads; ++h) {  // o[r, h*dh:(h+1)*dh] = Wv_h acc[r, h] + bv_h
+        gemv_rows(w1 + h * dh * dim, b1 + h * dh, a + (r0 * heads + h) * dim, heads * dim, nr, dim, dh,
+                  o.data() + h * dh, dim);
+      }
+      gemv_rows(w2, b2, o.data(), dim, nr, dim, dim, y + r0 * dim, dim);  // out = Wo o + bo
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lmini, CPU, m) { m.impl("compress_folded", &compress_folded); }
+TORCH_LIBRARY_IMPL(lmini, CPU, m) {
+  m.impl("compress_folded", &compress_folded);
+  m.impl("compress_epilogue", &compress_epilogue);
+}
 
 }  // namespace lmini::cpu

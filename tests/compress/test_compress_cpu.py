@@ -207,3 +207,20 @@ def test_sixteen_by_sixteen_queries(algorithm):
     ref, ref_w = oracle(x, p, 2, need_weights=True)
     assert_close(out, ref)
     assert_close(w, ref_w)
+
+
+def test_cpu_epilogue_op_matches_and_has_gradients():
+    """The C++ epilogue (per-head value projection + out_proj in one parallel region)."""
+    rows, heads, dh = 13, 3, 8
+    dim = heads * dh
+    args = [randn(rows, heads, dim), randn(heads, dh, dim), randn(dim), randn(dim, dim), randn(dim)]
+    args64 = [a.double().requires_grad_() for a in args]
+    acc, wv, bv, wo, bo = args64
+    ref = (torch.einsum("rhd,hed->rhe", acc, wv).reshape(rows, dim) + bv) @ wo.t() + bo
+    ref_grads = torch.autograd.grad(ref.square().sum(), args64)
+    ins = [a.clone().requires_grad_() for a in args]
+    out = torch.ops.lmini.compress_epilogue(*ins)
+    assert_close(out, ref)
+    for g, r in zip(torch.autograd.grad(out.square().sum(), ins), ref_grads, strict=True):
+        assert_close(g, r, factor=3.0)
+    torch.library.opcheck(torch.ops.lmini.compress_epilogue.default, tuple(args))

@@ -84,6 +84,34 @@ def core_emulated(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float,
     return acc, lse
 
 
+def _epilogue_fake(acc, wv, bv, wo, bo):
+    return acc.new_empty((acc.shape[0], acc.shape[2]))
+
+
+def _epilogue_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _epilogue_backward(ctx, g):
+    """out = Wo concat_h(Wv_h acc_h + bv_h) + bo, differentiated in PyTorch."""
+    acc, wv, bv, wo, _ = ctx.saved_tensors
+    rows, heads, dim = acc.shape
+    dh = dim // heads
+    o = torch.einsum("rhd,hed->rhe", acc, wv) + bv.view(heads, dh)
+    go = (g @ wo).view(rows, heads, dh)
+    return (torch.einsum("rhe,hed->rhd", go, wv), torch.einsum("rhe,rhd->hed", go, acc), go.sum(0).reshape(dim),
+            g.t() @ o.reshape(rows, dim), g.sum(0))  # fmt: skip
+
+
+def has_cpu_epilogue() -> bool:
+    """True when the C++ epilogue (csrc/cpu/compress.cpp) is built."""
+    return _ext._C is not None and hasattr(torch.ops.lmini, "compress_epilogue")
+
+
+if has_cpu_epilogue():
+    torch.library.register_fake("lmini::compress_epilogue")(_epilogue_fake)
+    torch.library.register_autograd("lmini::compress_epilogue", _epilogue_backward, setup_context=_epilogue_setup)
+
 if _ext._C is not None and hasattr(torch.ops.lmini, "compress_folded"):
     torch.library.register_fake("lmini::compress_folded")(core_fake)
     torch.library.register_autograd("lmini::compress_folded", core_autograd_backward, setup_context=core_setup)

@@ -133,6 +133,13 @@ def epilogue(
     projection (gamma-folded) after the weighted sum, then out_proj."""
     batch, k, dim = acc.shape
     nq = k // num_heads
+    if acc.device.type == "cpu" and acc.dtype == torch.float32 and f.wv.dtype == torch.float32:
+        from lmini_kernels.ops.compress.core import has_cpu_epilogue
+
+        if has_cpu_epilogue():  # one parallel region instead of three GEMM/copy ops
+            wo, bo = out_proj_weight.to(acc.dtype), out_proj_bias.to(acc.dtype)
+            out = torch.ops.lmini.compress_epilogue(acc.view(batch * nq, num_heads, dim), f.wv, f.bv, wo, bo)
+            return out.view(batch, nq, dim)
     z = acc.view(batch * nq, num_heads, dim).transpose(0, 1)  # (H, B*Q, D)
     # Bias fused into the batched GEMM and into out_proj's GEMM: few ops, few parallel regions.
     o = torch.baddbmm(f.bv.view(num_heads, 1, dim // num_heads), z, f.wv.transpose(1, 2))  # (H, B*Q, dh)
