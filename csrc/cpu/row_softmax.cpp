@@ -1,6 +1,11 @@
 // CPU implementation of lmini::row_softmax: y = softmax(scale * x) over the last dim.
-// One row per OpenMP task (at::parallel_for), fp32 accumulation, the online-softmax math of
-// lmini/math.h shared with the CUDA kernel. Two reads and one write of x: memory-bound.
+//
+// One row per task (at::parallel_for). Per row: a max pass, one pass that writes
+// exp(scale * x - max) (the vectorizable lmini::exp_nonpositive of math.h) and sums it, and
+// a scaling pass; fp16/bf16 rows are converted to a float buffer once and back once. The row
+// function is compiled for AVX-512, AVX2 and baseline x86-64 (GCC target_clones picks one
+// at load time by CPU features). Bytes: one read and one write of x (rows stay in L1/L2
+// between passes): memory-bound; the floor is 2 * rows * cols * sizeof(T) / bandwidth.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -8,28 +13,54 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "lmini/math.h"
 #include "lmini/torch_utils.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LMINI_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define LMINI_CPU_CLONES
+#endif
 
 namespace lmini::cpu {
 namespace {
 
+// out[i] = softmax(scale * in[i]); `out` may alias `in`. A row of -inf only gives zeros.
+LMINI_CPU_CLONES void softmax_row(const float* in, float* out, int64_t n, float scale) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, scale * in[i]);
+  if (m == -INFINITY) {
+    for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
+    return;
+  }
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = exp_nonpositive(scale * in[i] - m);
+    out[i] = e;
+    sum += e;
+  }
+  const float inv = 1.0f / sum;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] *= inv;
+}
+
 template <typename T>
 void row_softmax_rows(const T* x, T* y, int64_t rows, int64_t cols, float scale) {
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* xr = x + r * cols;
-      T* yr = y + r * cols;
-      // Max first, then sum: two cheap passes vectorize better than the merged update.
-      float m = -INFINITY;
-      for (int64_t c = 0; c < cols; ++c) m = std::max(m, scale * static_cast<float>(xr[c]));
-      SoftmaxState s{m, 0.0f};
-      if (m != -INFINITY) {
-        for (int64_t c = 0; c < cols; ++c) s.sum += std::exp(scale * static_cast<float>(xr[c]) - m);
-      }
-      const float inv = s.sum > 0.0f ? 1.0f / s.sum : 0.0f;
-      for (int64_t c = 0; c < cols; ++c) {
-        yr[c] = static_cast<T>(s.sum > 0.0f ? std::exp(scale * static_cast<float>(xr[c]) - m) * inv : 0.0f);
+    if constexpr (std::is_same_v<T, float>) {
+      for (int64_t r = begin; r < end; ++r) softmax_row(x + r * cols, y + r * cols, cols, scale);
+    } else {
+      std::vector<float> buf(cols);  // half types: convert once, compute in fp32, convert back
+      for (int64_t r = begin; r < end; ++r) {
+        const T* xr = x + r * cols;
+        T* yr = y + r * cols;
+        for (int64_t c = 0; c < cols; ++c) buf[c] = static_cast<float>(xr[c]);
+        softmax_row(buf.data(), buf.data(), cols, scale);
+        for (int64_t c = 0; c < cols; ++c) yr[c] = static_cast<T>(buf[c]);
       }
     }
   });

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "lmini/common.cuh"
 
@@ -32,6 +34,28 @@ LMINI_HD SoftmaxState softmax_push(SoftmaxState s, float logit) {
 // exp(logit - max) / sum, or 0 for a row with no finite logit.
 LMINI_HD float softmax_prob(SoftmaxState s, float logit) {
   return s.sum > 0.0f ? expf(logit - s.max) / s.sum : 0.0f;
+}
+
+// exp(x) for x <= 0 (a softmax argument x - max), branch-free so loops over it vectorize:
+// exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in
+// two so r is exact), exp(r) by its degree-6 Taylor polynomial (relative error < 3e-7 there,
+// the float rounding of the result dominates). Below -87.3 the result underflows: 0.
+LMINI_HD float exp_nonpositive(float x) {
+  const bool underflow = !(x >= -87.3f);  // also true for -inf (and NaN)
+  x = underflow ? -87.3f : x;
+  const float n = nearbyintf(x * 1.44269504088896341f);
+  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (int32_t(n) + 127) << 23;  // 2^n, n in [-126, 0]
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return underflow ? 0.0f : p * scale;
 }
 
 }  // namespace lmini
