@@ -3,7 +3,8 @@
 Providers: the official module eager (nn.MultiheadAttention, as the official code calls it),
 the same under torch.compile, the official per-frame Python loop (video case), our reference
 (official math, one batched call) and each fused backend of ``FusedResampler`` that runs on
-the device (folded algorithm, parameter-only work cached as in inference).
+the device (folded algorithm, parameter-only work cached as in inference); on CPU also the
+streaming kernel alone (x -> per-row accumulators, no epilogue GEMMs), as a diagnostic.
 Cases: one image (B = 1), a batch (B = 64), a video (B = 1024 frames on GPU, 256 on CPU), HD
 (N = 48*48, C = 8). D = 1024, 8 heads (LLaVA-Mini); fp32 on CPU, fp16 on GPU.
 Bytes = features read + compressed tokens written (weights excluded); FLOPs = the folded
@@ -79,6 +80,12 @@ def run(ctx: BenchContext) -> None:
             ctx.measure(case, "lmini reference", lambda m=fused, x=x: m(x, backend="reference"), **kw)
             for b in backends:
                 ctx.measure(case, f"lmini {b}", lambda m=fused, x=x, b=b: m(x, backend=b), **kw)
+            if "cpu" in backends and device == "cpu":
+                # Diagnostic: the streaming kernel alone (x -> acc), without the GEMM epilogue.
+                f, eps = fused.folded(n), fused.ln_kv.eps
+                ctx.measure(case, "lmini cpu: streaming kernel only",
+                            lambda x=x, f=f, e=eps: torch.ops.lmini.compress_folded(x, f.a, f.p, e, 0),
+                            **kw)  # fmt: skip
         del off, fused, x
     _goals(ctx, backends)
 
