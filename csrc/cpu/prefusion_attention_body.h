@@ -37,26 +37,25 @@ typedef float vec16u __attribute__((vector_size(64), aligned(4)));
 static inline vec16 load16(const float* p) { return *reinterpret_cast<const vec16u*>(p); }
 static inline void store16(float* p, vec16 v) { *reinterpret_cast<vec16u*>(p) = v; }
 
-// s[r, 0:64] = bias + sum_c q[r, c] * kt[c, 0:64] for R rows (q rows d apart, s rows 64 apart).
+// s[r, :] = bias + sum_c q[r, c] * kt[c, :] over the kTileN keys, for R rows (q rows d apart).
 template <int R>
 static inline void score_rows(const float* q, const float* kt, const float* bias, float* s, int64_t d) {
-  static_assert(kTileN == 64, "score_rows holds a 64-key tile in four 16-float vectors");
-  vec16 a[R][4];
+  constexpr int V = kTileN / 16;  // 16-float vectors per tile row
+  static_assert(kTileN % 16 == 0, "the key tile is a whole number of 16-float vectors");
+  vec16 a[R][V];
   for (int r = 0; r < R; ++r)
-    for (int u = 0; u < 4; ++u) a[r][u] = load16(bias + 16 * u);
+    for (int u = 0; u < V; ++u) a[r][u] = load16(bias + 16 * u);
   for (int64_t c = 0; c < d; ++c) {
     const float* kc = kt + c * kTileN;
-    const vec16 k0 = load16(kc), k1 = load16(kc + 16), k2 = load16(kc + 32), k3 = load16(kc + 48);
+    vec16 k[V];
+    for (int u = 0; u < V; ++u) k[u] = load16(kc + 16 * u);
     for (int r = 0; r < R; ++r) {
       const float qv = q[r * d + c];
-      a[r][0] += qv * k0;
-      a[r][1] += qv * k1;
-      a[r][2] += qv * k2;
-      a[r][3] += qv * k3;
+      for (int u = 0; u < V; ++u) a[r][u] += qv * k[u];
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int u = 0; u < 4; ++u) store16(s + r * kTileN + 16 * u, a[r][u]);
+    for (int u = 0; u < V; ++u) store16(s + r * kTileN + 16 * u, a[r][u]);
 }
 
 // acc[r, :] += sum_{j < n} p[r, j] * v[j, :] for R rows (p rows 64 apart, acc rows d apart).
