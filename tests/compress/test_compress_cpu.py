@@ -44,6 +44,8 @@ def test_cpu_hd_shape_c8():
     p = make_params(1024, 8, 8, 48)
     x = randn(1, 2304, 1024)
     assert choose_algorithm("auto", 64, 8, 1024) == "folded"
+    assert choose_algorithm("auto", 64, 8, 1024, "cuda") == "projected"  # tensor cores beat CUDA-core FMAs
+    assert choose_algorithm("auto", 1, 8, 1024, "cuda") == "folded"
     out, w = run(x, p, 8, "cpu", need_weights=True)
     ref, ref_w = oracle(x, p, 8, need_weights=True)
     assert_close(out, ref)

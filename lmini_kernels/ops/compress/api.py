@@ -26,12 +26,20 @@ TRITON_MAX_DIM = 1024
 CUDA_MAX_DIM = 2048
 
 
-def choose_algorithm(algorithm: str, num_queries: int, num_heads: int, dim: int) -> str:
-    """ "folded" when heads * Q < D (per token ~2*heads*Q*D multiply-adds instead of ~2*D*D),
-    else "projected"; an explicit choice is kept."""
+# On a GPU the folded kernels run fp32 FMAs on CUDA cores, one pass over x per 8 folded rows;
+# past 16 rows (C = 1 with up to 16 heads) the projected path's tensor-core GEMMs are cheaper.
+GPU_FOLDED_MAX_ROWS = 16
+
+
+def choose_algorithm(algorithm: str, num_queries: int, num_heads: int, dim: int, device: str = "cpu") -> str:
+    """ "folded" when heads * Q < D (per token ~2*heads*Q*D multiply-adds instead of ~2*D*D)
+    and, on a GPU, heads * Q <= GPU_FOLDED_MAX_ROWS; else "projected". An explicit choice is kept."""
     if algorithm != "auto":
         return algorithm
-    return "folded" if num_heads * num_queries < dim else "projected"
+    rows = num_heads * num_queries
+    if device == "cuda" and rows > GPU_FOLDED_MAX_ROWS:
+        return "projected"
+    return "folded" if rows < dim else "projected"
 
 
 def fold_for(
@@ -55,7 +63,7 @@ def _fused(core_fn):
         algorithm="auto", folded=None,
     ):  # fmt: skip
         dim = query.shape[1]
-        if choose_algorithm(algorithm, query.shape[0], num_heads, dim) == "projected":
+        if choose_algorithm(algorithm, query.shape[0], num_heads, dim, x.device.type) == "projected":
             return compress_projected(
                 x, query, pos_q, pos_k, ln_q_weight, ln_q_bias, ln_kv_weight, ln_kv_bias, in_proj_weight,
                 in_proj_bias, out_proj_weight, out_proj_bias, num_heads, kv_proj_weight, eps, need_weights,
