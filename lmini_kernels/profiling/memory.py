@@ -335,13 +335,25 @@ def llm_phase(
     return last
 
 
+@contextlib.contextmanager
+def _official_prefusion(model):
+    """The official pipelines run the official pre-fusion (every row, one frame at a time)
+    whatever the model's backend."""
+    before = model.use_fused_prefusion
+    model.use_fused_prefusion = False
+    try:
+        yield
+    finally:
+        model.use_fused_prefusion = before
+
+
 def image_request(model, tr, req: Request = Request()) -> torch.Tensor:
     """One image (HD: its views) and a question, official pipeline, then ``new_tokens`` decoded."""
     with _stage(tr, "inputs", "inputs"):
         px = _pixels(model, 1, model.config.image_parts)[:, 0]
         ids = _ids(model, req)
     with torch.no_grad():
-        with _stage(tr, "encode"):
+        with _stage(tr, "encode"), _official_prefusion(model):
             vision, text = model.encode_multimodal(ids, px)
         return llm_phase(model, tr, vision, text, req, official=True)
 
@@ -353,7 +365,7 @@ def video_official(model, tr, req: Request, *, vision_only: bool = False):
         px = _pixels(model, req.frames, 1)
         ids = _ids(model, req)
     with torch.no_grad():
-        with _stage(tr, "encode"):
+        with _stage(tr, "encode"), _official_prefusion(model):
             vision, text = model.encode_multimodal(ids, px)
         if vision_only:
             return vision

@@ -154,6 +154,9 @@ class LlavaMini(nn.Module):
         super().__init__()
         self.config = config
         self.backend = backend
+        #: None: pre-fusion through FusedPreFusion whenever ``backend != "reference"``; False: the
+        #: official computation always (profilers measuring the official pipeline set this).
+        self.use_fused_prefusion: bool | None = None
         self.model = LlavaMiniModel(config)
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
 
@@ -243,6 +246,43 @@ class LlavaMini(nn.Module):
             x = layer(x, cos, sin, attend)
         return x
 
+    def vision_prefix(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The question-independent pre-fusion inputs of one image (or frame) per sample.
+
+        images (B, parts, 3, H, W) -> (projected vision tokens (B, Nv, hidden), projected
+        compressed tokens (B, C*C, hidden)). HD: the vision tokens are the re-tiled projected
+        sub-image tokens followed by the projected global view's, and the compressor runs on the
+        re-tiled sub-image grid, as in the official ``encode_images_mini``.
+        """
+        b, parts = images.shape[:2]
+        clip = self.encode_images(images.flatten(0, 1))  # (b*parts, n, dv)
+        if parts == 1:
+            compressed, _ = self.compress(clip)
+            vision = self.project(clip)
+        else:
+            ratio = isqrt_exact(parts - 1)
+            clip = clip.unflatten(0, (b, parts))
+            compressed, _ = self.compress(retile_hd(clip[:, :-1], ratio))
+            sub = retile_hd(self.project(clip[:, :-1]), ratio)
+            vision = torch.cat([sub, self.project(clip[:, -1])], dim=1)
+        return vision, self.project(compressed)
+
+    def _fused_prefusion_on(self) -> bool:
+        if self.use_fused_prefusion is None:
+            return self.backend != "reference"
+        return self.use_fused_prefusion
+
+    def fused_prefusion(self) -> lmini_kernels.FusedPreFusion:
+        """A :class:`lmini_kernels.FusedPreFusion` sharing this model's pre-fusion parameters
+        (cheap to build: no copy), with this model's backend."""
+        return lmini_kernels.FusedPreFusion.from_model(self)
+
+    @property
+    def video_chunk_frames(self) -> int:
+        """Frames per batched pre-fusion chunk on the fused path: 16 on a GPU, 4 on a CPU (where
+        larger chunks' activations fall out of the caches; see ``lmini_kernels.bench.prefusion``)."""
+        return 16 if self.device.type == "cuda" else 4
+
     def encode_images_mini(self, images: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One image (or frame) per sample through CLIP, compressor, projector and pre-fusion.
 
@@ -254,27 +294,41 @@ class LlavaMini(nn.Module):
         rows are the C*C rows just before the text and the last L rows; padded text rows get
         their raw embeddings back. The paper's figure suggests vision tokens also go through
         pre-fusion; the code discards the CLIP rows and keeps only the C*C compressed ones.
+
+        With ``backend="reference"`` the pre-fusion runs every row of every layer through
+        :meth:`prefusion` (the official computation); with any other backend it runs through
+        :class:`lmini_kernels.FusedPreFusion` (last layer pruned to the kept rows), which gives
+        the same kept rows.
         """
-        b, parts = images.shape[:2]
         text = self.embed(input_ids)
         padding = input_ids <= 0
-        clip = self.encode_images(images.flatten(0, 1))  # (b*parts, n, dv)
-        if parts == 1:
-            compressed, _ = self.compress(clip)
-            vision = self.project(clip)
-        else:
-            ratio = isqrt_exact(parts - 1)
-            clip = clip.unflatten(0, (b, parts))
-            compressed, _ = self.compress(retile_hd(clip[:, :-1], ratio))
-            sub = retile_hd(self.project(clip[:, :-1]), ratio)
-            vision = torch.cat([sub, self.project(clip[:, -1])], dim=1)
-        compressed = self.project(compressed)
+        vision, compressed = self.vision_prefix(images)
+        if self._fused_prefusion_on():
+            return self.fused_prefusion()(vision, compressed, text, padding)
+        b = images.shape[0]
         x = torch.cat([vision, compressed, text], dim=1)
         vision_pad = torch.zeros(b, vision.shape[1] + compressed.shape[1], dtype=torch.bool, device=padding.device)
         x = self.prefusion(x, torch.cat([vision_pad, padding], dim=1))
         n_text, n_q = input_ids.shape[1], compressed.shape[1]
         fused_text = torch.where(padding[..., None], text, x[:, -n_text:])
         return x[:, -n_text - n_q : -n_text], fused_text
+
+    def encode_video_fused(self, input_ids: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Video on the fused path: frames in chunks of :attr:`video_chunk_frames`, each chunk's
+        CLIP, compressor and projector as one batch and its pre-fusion through
+        :meth:`lmini_kernels.FusedPreFusion.fuse_video` (the shared question against every frame
+        in one batched call, float32 sum over frames). Same result as the per-frame loop of
+        :meth:`encode_multimodal` with ``backend="reference"``; memory grows with the chunk."""
+        b, frames = video.shape[:2]
+        step = self.video_chunk_frames
+
+        def chunks():
+            for t in range(0, frames, step):
+                clip = video[:, t : t + step]
+                vision, compressed = self.vision_prefix(clip.flatten(0, 1))
+                yield vision.unflatten(0, clip.shape[:2]), compressed.unflatten(0, clip.shape[:2])
+
+        return self.fused_prefusion().fuse_video(chunks(), self.embed(input_ids), input_ids <= 0)
 
     def encode_images_baseline(
         self, images: torch.Tensor, input_ids: torch.Tensor
@@ -288,8 +342,9 @@ class LlavaMini(nn.Module):
         """Dispatch image / HD / video -> (vision tokens (B, V, hidden), text features (B, L, hidden)).
 
         Video (6-D images): like the official code, every frame runs the full per-image path
-        with the same text, one frame at a time; vision tokens are concatenated in frame order
-        and the fused text is the float32 mean over frames, cast back.
+        with the same text; vision tokens are concatenated in frame order and the fused text is
+        the float32 mean over frames, cast back. With ``backend="reference"`` one frame at a time
+        (the official loop); otherwise in batched chunks (:meth:`encode_video_fused`).
         """
         if images.dim() == 4:
             images = images.unsqueeze(1)
@@ -298,6 +353,8 @@ class LlavaMini(nn.Module):
             return encode(images, input_ids)
         if images.dim() != 6:
             raise ValueError(f"images must be 4-, 5- or 6-D, got shape {tuple(images.shape)}")
+        if self.config.is_mini and self._fused_prefusion_on():
+            return self.encode_video_fused(input_ids, images)
         tokens, text_sum = [], None
         for t in range(images.shape[1]):
             v, txt = encode(images[:, t], input_ids)

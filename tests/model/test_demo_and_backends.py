@@ -31,9 +31,30 @@ def test_backend_reaches_both_ops(backend: str, monkeypatch: pytest.MonkeyPatch,
     video = torch.randn(1, 3, 5, 3, 28, 28, generator=gen)
     m.generate(ids, video, max_new_tokens=3)
     ops = [op for op, _ in calls]
-    assert ops.count("compress") == 3  # once per frame (HD: one re-tiled grid per frame)
-    assert ops.count("prefusion_attention") == 3 * m.config.prefusion_layers  # not in the LLM
+    if backend == "reference":  # the official loop: one call per frame
+        assert ops.count("compress") == 3  # HD: one re-tiled grid per frame
+        assert ops.count("prefusion_attention") == 3 * m.config.prefusion_layers  # not in the LLM
+    else:  # FusedPreFusion: the 3 frames form one chunk, one batched call per op and layer
+        assert ops.count("compress") == 1
+        assert ops.count("prefusion_attention") == m.config.prefusion_layers
     assert {b for _, b in calls} == {backend}
+
+
+@pytest.mark.parametrize("config", ["tiny", "tiny-c2", "tiny-hd", "tiny-llama3"])
+def test_fused_prefusion_path_matches_reference(config: str, gen: torch.Generator) -> None:
+    """backend != "reference" takes FusedPreFusion (pruned, batched frames in chunks of 4 on the
+    CPU); the kept rows equal the official per-frame computation, padding included."""
+    ref, fast = build(config, backend="reference"), build(config, backend="auto")
+    assert fast.video_chunk_frames == 4
+    ids = make_ids(gen, 2, 7, ref.config.text.vocab_size, pad_tail=2)
+    parts = ref.config.resolution_ratio**2 + 1 if ref.config.resolution_ratio > 1 else 1
+    video = torch.randn(2, 6, parts, 3, 28, 28, generator=gen)  # 6 frames: chunks of 4 and 2
+    with torch.no_grad():
+        for images in (video[:, 0], video):
+            (va, ta), (vb, tb) = ref.encode_multimodal(ids, images), fast.encode_multimodal(ids, images)
+            assert va.shape == vb.shape and ta.shape == tb.shape
+            assert (va - vb).norm() <= 1e-5 * va.norm()
+            assert (ta - tb).norm() <= 1e-5 * ta.norm()
 
 
 def test_reference_and_auto_agree(gen: torch.Generator) -> None:
