@@ -56,7 +56,10 @@ __attribute__((always_inline)) inline float hsum(vf v) {
 __attribute__((always_inline)) inline void process_tile_body(float* __restrict yt, int tn, int64_t dim, int64_t dp, float eps, const float* __restrict a,
                   const float* __restrict p, int64_t p_stride, int64_t nk, float* __restrict acc,
                   float* __restrict m, float* __restrict l, float* __restrict s) {
+  // Rows are centred in place and their 1/std kept apart: scores and weights take the scalar,
+  // which saves a normalising pass over every row.
   const float pad = float(dp - dim);
+  float rs[kTile];
   for (int t = 0; t < tn; ++t) {
     vf* y = reinterpret_cast<vf*>(yt + t * dp);
     vf sv = {};
@@ -65,12 +68,12 @@ __attribute__((always_inline)) inline void process_tile_body(float* __restrict y
     vf cv = {};
     for (int64_t i = 0; i < dp / kVec; ++i) {
       const vf c = y[i] - mean;
+      y[i] = c;
       cv += c * c;
     }
     // The zero padding contributed pad * mean^2 to the centred sum of squares.
     const float var = std::max(0.0f, (hsum(cv) - pad * mean * mean) / float(dim));
-    const float r = 1.0f / std::sqrt(var + eps);
-    for (int64_t i = 0; i < dp / kVec; ++i) y[i] = (y[i] - mean) * r;
+    rs[t] = 1.0f / std::sqrt(var + eps);
     for (int64_t d = dim; d < dp; ++d) yt[t * dp + d] = 0.0f;
   }
   // Scores, 4 tokens x 4 rows of a per pass: 16 accumulators, each loaded vector feeds 4 FMAs.
@@ -90,7 +93,7 @@ __attribute__((always_inline)) inline void process_tile_body(float* __restrict y
         }
       }
       for (int u = 0; u < 4 && t + u < tn; ++u) {
-        for (int v = 0; v < 4; ++v) s[(t + u) * nk + k + v] = hsum(c[u][v]) + p[(k + v) * p_stride + t + u];
+        for (int v = 0; v < 4; ++v) s[(t + u) * nk + k + v] = hsum(c[u][v]) * rs[t + u] + p[(k + v) * p_stride + t + u];
       }
     }
   }
@@ -105,7 +108,11 @@ __attribute__((always_inline)) inline void process_tile_body(float* __restrict y
       const float mnew = std::max(m[k + v], mt);
       alpha[v] = m[k + v] == -INFINITY ? 0.0f : std::exp(m[k + v] - mnew);
       float lt = 0.0f;
-      for (int t = 0; t < tn; ++t) lt += (w[v][t] = std::exp(s[t * nk + k + v] - mnew));
+      for (int t = 0; t < tn; ++t) {
+        const float e = std::exp(s[t * nk + k + v] - mnew);
+        lt += e;
+        w[v][t] = e * rs[t];  // acc sums e * y = (e / std) * centred row
+      }
       l[k + v] = l[k + v] * alpha[v] + lt;
       m[k + v] = mnew;
     }
