@@ -14,7 +14,7 @@ Module: the reference model's pre-fusion (official semantics: every row of every
 question, a Python loop over video frames) against :class:`lmini_kernels.FusedPreFusion`
 (pruned last layer, vision-prefix cache, batched frames). Cases: one question about one image,
 five questions about one image (the official code recomputes everything per question; we
-prefill once), and a 64-frame video (16 with ``--quick``; chunks of 16 frames). 7B shapes
+prefill once), and a 64-frame video (16 with ``--quick``; chunks of :func:`video_chunk` frames). 7B shapes
 (Vicuna-7B: hidden 4096, 32 heads, MLP 11008, 4 layers) on GPU in fp16; on CPU a narrower
 model with the real token counts (hidden 1024, 8 heads of 128, MLP 2752, 4 layers; 576 vision
 tokens, 1 compressed, 43 text) in fp32. FLOPs: the official computation's count (FlopCounterMode
@@ -120,6 +120,14 @@ def _model(device: str, dtype: torch.dtype):
     return model
 
 
+def video_chunk(device: str) -> int:
+    """Frames per batched chunk: 16 on GPU (GEMMs of ~10k rows); 4 on CPU, where a 16-frame
+    chunk's activations (16 x 620 x MLP width x 4 B, ~110 MB at hidden 1024) fall out of the
+    caches and measured slower (interleaved runs, 2-core EPYC: ~270 ms/frame with 1 or 4 frames,
+    ~320 ms/frame with 16)."""
+    return 16 if device == "cuda" else 4
+
+
 def _official_prefusion(model, vision, compressed, text, pad):
     """The official per-question computation: every row of every layer, kept rows returned."""
     b, n = pad.shape
@@ -159,8 +167,10 @@ def run_module(ctx: BenchContext) -> None:
             total = txt.float() if total is None else total + txt.float()
         return (total / frames).to(dtype)
 
+    chunk = video_chunk(device)
+
     def fused_video():
-        chunks = ((video[0][:, t : t + 16], video[1][:, t : t + 16]) for t in range(0, frames, 16))
+        chunks = ((video[0][:, t : t + chunk], video[1][:, t : t + chunk]) for t in range(0, frames, chunk))
         return fused.fuse_video(chunks, text, pad)
 
     def five_official():
