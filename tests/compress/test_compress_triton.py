@@ -83,3 +83,51 @@ def test_triton_refuses_bf16_in_interpreter_and_wide_dims():
     p = {k: v.to(DEVICE) for k, v in make_params(dim, 2, 1, 1).items()}
     with pytest.raises(lk.NotSupportedError, match="embed_dim"):
         run(randn(1, 1, dim, device=DEVICE), p, 2, "triton")
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16))
+@pytest.mark.parametrize(
+    ("batch", "n", "dim", "k", "splits", "with_lse"),
+    [(2, 25, 72, 8, 0, False), (3, 37, 27, 11, 3, True), (2, 1, 9, 1, 0, True), (2, 13, 40, 16, 2, False)],
+)
+def test_triton_core_backward_kernel_matches_float64(batch, n, dim, k, splits, with_lse, dtype):
+    """The Triton backward kernel of the core against the analytic float64 backward (odd N, D, K; splits)."""
+    from lmini_kernels.ops.compress.folded import core_backward
+    from lmini_kernels.ops.compress.triton import core_triton_bwd
+
+    x = non_contiguous(randn(batch, n, dim, dtype=torch.float64, device=DEVICE, scale=2.0) + 0.3, dim=0)
+    a = randn(k, dim, dtype=torch.float64, device=DEVICE) * 0.4
+    pp = randn(k, n, dtype=torch.float64, device=DEVICE)
+    acc, lse = core_torch(x, a, pp, 1e-5)
+    g = randn(batch, k, dim, dtype=torch.float64, device=DEVICE)
+    gl = randn(batch, k, dtype=torch.float64, device=DEVICE) if with_lse else torch.zeros_like(lse)
+    ref = core_backward(x, a, pp, 1e-5, acc, lse, g, gl if with_lse else None)
+    xq = x.to(dtype)
+    got = core_triton_bwd(xq, a.float(), pp.float(), 1e-5, acc.float(), lse.float(), g.float(), gl.float(), splits)
+    assert got[0].dtype == dtype and got[0].shape == x.shape
+    for name, gt, gr in zip(("dx", "da", "dp"), got, ref, strict=True):
+        assert_close(gt, gr, dtype=dtype, factor=10.0), name
+
+
+def test_triton_backward_uses_the_kernel_and_refuses_wide_k(monkeypatch):
+    """The Triton core's autograd runs the Triton backward op (K <= 16); the op refuses K = 17."""
+    import lmini_kernels.ops.compress.triton as tri
+
+    calls = []
+    real = tri.core_triton_bwd
+    monkeypatch.setattr(tri, "core_triton_bwd", lambda *args: calls.append(1) or real(*args))
+    x = randn(2, 9, 12, device=DEVICE).requires_grad_()
+    a = (randn(5, 12, device=DEVICE) * 0.5).requires_grad_()
+    pp = randn(5, 9, device=DEVICE).requires_grad_()
+    acc, lse = tri.core_triton(x, a, pp, 1e-5, 0)
+    got = torch.autograd.grad((acc * 1.5).sum() + lse.sum(), (x, a, pp))
+    assert calls == [1]
+    x64, a64, p64 = (t.detach().double().requires_grad_() for t in (x, a, pp))
+    acc64, lse64 = core_torch(x64, a64, p64, 1e-5)
+    ref = torch.autograd.grad((acc64 * 1.5).sum() + lse64.sum(), (x64, a64, p64))
+    for gt, gr in zip(got, ref, strict=True):
+        assert_close(gt, gr, dtype=torch.float32, factor=10.0)
+    k = tri.KT_BWD_MAX + 1
+    args = (randn(2, k, 12, device=DEVICE), randn(2, k, device=DEVICE))
+    with pytest.raises(ValueError, match="at most 16 folded rows and"):
+        real(x.detach(), randn(k, 12, device=DEVICE), randn(k, 9, device=DEVICE), 1e-5, *args, *args)

@@ -11,6 +11,16 @@ chunks' (max, sum, acc) states are merged after the kernel (a few small torch op
 Bytes: x read once (B*N*D*itemsize) per K tile (one tile for K <= 8), acc written once
 (B*K*D*4); FLOPs ~4*B*N*KT*D. Accumulation in fp32 whatever x's dtype; x is upcast at load
 (which also keeps the interpreter exact: it computes bf16 on raw bits).
+
+Backward (``compress_folded_bwd_kernel``, op ``lmini::compress_folded_triton_bwd``): grid
+(B * splits,), one program per (image, chunk of tokens) holding all K <= KT_BWD_MAX folded rows
+(a, the incoming gradient G and the partial da in registers). Per token tile it recomputes y and
+the probabilities from the saved lse, forms ds_kj = prob_kj (y_j . G_k - c_k) with
+c_k = acc_k . G_k - g_lse_k (computed before the launch), writes ds (= the per-image dp, summed
+over images after the kernel), adds ds^T y into da, and writes dx through the LayerNorm backward.
+x and G are read once, dx written once. Beyond its register tile (see ``triton_bwd_fits``: K <= 8
+at D <= 1024, K <= 16 at D <= 512; LLaVA-Mini's K = 8, D = 1024 fits, and the GPU's auto choice
+takes the projected path past 16 rows) the analytic PyTorch backward runs instead.
 """
 
 from __future__ import annotations
@@ -20,11 +30,17 @@ import triton
 import triton.language as tl
 
 from lmini_kernels.backends import new_output
-from lmini_kernels.ops.compress.core import core_autograd_backward, core_fake, core_setup
+from lmini_kernels.ops.compress.core import core_fake, core_setup
+from lmini_kernels.ops.compress.folded import core_backward
 from lmini_kernels.triton_aot import AotSpec
 
 KT = 8
 BLOCK_N = 4
+KT_BWD_MAX = 16
+# The backward holds a, G and da (KT x BLOCK_D each) in registers: one token per step, and at
+# most 8192 such elements (K = 8 at D = 1024, K = 16 at D = 512); ptxas: no spills on sm_80/90.
+BLOCK_N_BWD = 1
+BWD_MAX_TILE = 8192
 
 
 @triton.jit
@@ -86,6 +102,59 @@ def compress_folded_fwd_kernel(
         tl.store(lse_ptr + b * K + offs_k, m + tl.log(l), mask=mask_k)
 
 
+@triton.jit
+def compress_folded_bwd_kernel(
+    # pointers
+    x_ptr, a_ptr, p_ptr, lse_ptr, g_ptr, c_ptr, dx_ptr, da_ptr, dp_ptr,
+    # sizes and strides (elements); dx is contiguous (B, N, D)
+    N, D, K, stride_xb, stride_xn, chunk, splits, eps,
+    # meta
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, KT: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    b = (pid // splits).to(tl.int64)
+    sp = pid % splits
+    n0 = sp * chunk
+    n1 = tl.minimum(N, n0 + chunk)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    offs_k = tl.arange(0, KT)
+    mask_k = offs_k < K
+    mask_kd = mask_k[:, None] & mask_d[None, :]
+    a = tl.load(a_ptr + offs_k[:, None] * D + offs_d[None, :], mask=mask_kd, other=0.0)
+    row = b * K + offs_k
+    g = tl.load(g_ptr + row[:, None] * D + offs_d[None, :], mask=mask_kd, other=0.0)
+    lse = tl.load(lse_ptr + row, mask=mask_k, other=0.0)
+    c = tl.load(c_ptr + row, mask=mask_k, other=0.0)
+    da = tl.zeros([KT, BLOCK_D], tl.float32)
+    x_img = x_ptr + b * stride_xb
+    dx_img = dx_ptr + b * N * D
+    for j0 in range(n0, n1, BLOCK_N):
+        offs_n = j0 + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n1
+        mask_nd = mask_n[:, None] & mask_d[None, :]
+        mask_nk = mask_n[:, None] & mask_k[None, :]
+        xt = tl.load(x_img + offs_n[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=mask_nd, other=0.0)
+        xt = xt.to(tl.float32)
+        mean = tl.sum(xt, axis=1) / D
+        xc = tl.where(mask_d[None, :], xt - mean[:, None], 0.0)
+        r = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / D + eps)
+        y = xc * r[:, None]
+        s = tl.sum(y[:, None, :] * a[None, :, :], axis=2)  # (BLOCK_N, KT)
+        s += tl.load(p_ptr + offs_k[None, :] * N + offs_n[:, None], mask=mask_nk, other=0.0)
+        prob = tl.where(mask_nk, tl.exp(s - lse[None, :]), 0.0)
+        ds = prob * (tl.sum(y[:, None, :] * g[None, :, :], axis=2) - c[None, :])
+        tl.store(dp_ptr + row[None, :] * N + offs_n[:, None], ds, mask=mask_nk)
+        da += tl.sum(ds[:, :, None] * y[:, None, :], axis=0)
+        dy = tl.sum(prob[:, :, None] * g[None, :, :] + ds[:, :, None] * a[None, :, :], axis=1)  # (BLOCK_N, BLOCK_D)
+        m1 = tl.sum(dy, axis=1) / D
+        m2 = tl.sum(dy * y, axis=1) / D
+        dx = r[:, None] * (dy - m1[:, None] - y * m2[:, None])
+        dst = dx_img + offs_n[:, None].to(tl.int64) * D + offs_d[None, :]
+        tl.store(dst, dx.to(dx_ptr.dtype.element_ty), mask=mask_nd)
+    tl.store(da_ptr + (pid.to(tl.int64) * K + offs_k[:, None]) * D + offs_d[None, :], da, mask=mask_kd)
+
+
 def _block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
@@ -137,33 +206,113 @@ def core_triton(
     return acc, lse
 
 
+def _kt_bwd(k: int) -> int:
+    return max(8, triton.next_power_of_2(k))
+
+
+def _num_warps_bwd(kt: int, block_d: int) -> int:
+    # Chosen per tile size from the ptxas reports of every (KT, BLOCK_D) pair the kernel takes
+    # (all in AOT_SPECS): the smallest count with no spill on both sm_80 and sm_90.
+    tile = kt * block_d
+    if tile <= 512:
+        return 1
+    if tile <= 1024:
+        return 2
+    return 16 if kt == 8 else 8
+
+
+def triton_bwd_fits(k: int, dim: int) -> bool:
+    """True when the Triton backward kernel keeps its (K x D) tiles in registers."""
+    return k <= KT_BWD_MAX and _kt_bwd(k) * _block_d(dim) <= BWD_MAX_TILE
+
+
+@torch.library.custom_op("lmini::compress_folded_triton_bwd", mutates_args=())
+def core_triton_bwd(
+    x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, acc: torch.Tensor, lse: torch.Tensor,
+    g_acc: torch.Tensor, g_lse: torch.Tensor, splits: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Gradients (dx, da, dp) of the folded core with the Triton kernel (K <= KT_BWD_MAX, fp32 a).
+
+    ``splits`` cuts each image's tokens into that many programs (0: the kernel picks)."""
+    if not triton_bwd_fits(a.shape[0], x.shape[2]):
+        raise ValueError(
+            f"a: the Triton backward takes at most {KT_BWD_MAX} folded rows and (rows rounded up to a power of 2"
+            f" >= 8) x (D rounded up to a power of 2) <= {BWD_MAX_TILE}; got {a.shape[0]} rows, D = {x.shape[2]}"
+        )
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    a, p, lse = a.contiguous(), p.contiguous(), lse.contiguous()
+    g = g_acc.to(torch.float32).contiguous()
+    c = ((acc * g).sum(-1) - g_lse).contiguous()
+    batch, n, dim = x.shape
+    k = a.shape[0]
+    dx = new_output((batch, n, dim), x.dtype, x.device)
+    if batch == 0 or n == 0:
+        return dx.zero_(), torch.zeros_like(a), torch.zeros_like(p)
+    splits = min(n, splits or _auto_splits(batch, n, 1, x.device))
+    chunk = triton.cdiv(n, splits)
+    splits = triton.cdiv(n, chunk)
+    da = torch.empty((batch * splits, k, dim), dtype=torch.float32, device=x.device)
+    dp = torch.empty((batch, k, n), dtype=torch.float32, device=x.device)
+    block_d = _block_d(dim)
+    compress_folded_bwd_kernel[(batch * splits,)](
+        x, a, p, lse, g, c, dx, da, dp, n, dim, k, x.stride(0), x.stride(1), chunk, splits, eps,
+        BLOCK_N=BLOCK_N_BWD, BLOCK_D=block_d, KT=_kt_bwd(k), num_warps=_num_warps_bwd(_kt_bwd(k), block_d),
+    )  # fmt: skip
+    return dx, da.sum(0), dp.sum(0)
+
+
+@core_triton_bwd.register_fake
+def _(x, a, p, eps, acc, lse, g_acc, g_lse, splits=0):
+    return x.new_empty(x.shape), torch.empty_like(a), torch.empty_like(p)
+
+
+def _core_triton_backward(ctx, g_acc, g_lse):
+    """Backward of the Triton core: the Triton kernel when it fits, else the analytic PyTorch one."""
+    x, a, p, acc, lse = ctx.saved_tensors
+    if triton_bwd_fits(a.shape[0], x.shape[2]) and a.dtype == torch.float32 and x.dtype != torch.float64:
+        g_acc = torch.zeros_like(acc) if g_acc is None else g_acc
+        g_lse = torch.zeros_like(lse) if g_lse is None else g_lse.to(lse.dtype)
+        dx, da, dp = core_triton_bwd(x, a, p, ctx.eps, acc, lse, g_acc, g_lse)
+    else:
+        dx, da, dp = core_backward(x, a, p, ctx.eps, acc, lse, g_acc, g_lse)
+    return (dx, da.to(a.dtype), dp.to(p.dtype)) + (None,) * (ctx.n_inputs - 3)
+
+
 core_triton.register_fake(core_fake)
-core_triton.register_autograd(core_autograd_backward, setup_context=core_setup)
+core_triton.register_autograd(_core_triton_backward, setup_context=core_setup)
+
+_SCALARS = {"N": "i32", "D": "i32", "K": "i32", "stride_xb": "i64", "stride_xn": "i64", "chunk": "i32",
+            "splits": "i32", "eps": "fp32"}  # fmt: skip
+
+
+def _signature(dt: str, pointers: str) -> dict[str, str]:
+    """Triton signature: each pointer in ``pointers`` (space-separated; a leading ``~`` marks
+    one of x's dtype, the rest are fp32), then the scalars the kernels share."""
+    sig = {p.lstrip("~"): f"*{dt}" if p.startswith("~") else "*fp32" for p in pointers.split()}
+    return {**sig, **_SCALARS}
+
 
 AOT_SPECS = [
     AotSpec(
         name=f"compress_folded_fwd[{dt},BLOCK_D={bd},SPLIT={split}]",
         fn=compress_folded_fwd_kernel,
-        signature={
-            "x_ptr": f"*{dt}",
-            "a_ptr": "*fp32",
-            "p_ptr": "*fp32",
-            "acc_ptr": "*fp32",
-            "lse_ptr": "*fp32",
-            "part_ptr": "*fp32",
-            "N": "i32",
-            "D": "i32",
-            "K": "i32",
-            "stride_xb": "i64",
-            "stride_xn": "i64",
-            "chunk": "i32",
-            "splits": "i32",
-            "eps": "fp32",
-        },
+        signature=_signature(dt, "~x_ptr a_ptr p_ptr acc_ptr lse_ptr part_ptr"),
         constexprs={"BLOCK_N": BLOCK_N, "BLOCK_D": bd, "KT": KT, "SPLIT": split},
         num_warps=_num_warps(bd),
         num_stages=1,
     )
     for dt, bd, split in [(dt, bd, False) for dt in ("fp32", "fp16", "bf16") for bd in (128, 1024)]
     + [("fp16", 1024, True)]
+] + [
+    AotSpec(
+        name=f"compress_folded_bwd[{dt},BLOCK_D={bd},KT={kt}]",
+        fn=compress_folded_bwd_kernel,
+        signature=_signature(dt, "~x_ptr a_ptr p_ptr lse_ptr g_ptr c_ptr ~dx_ptr da_ptr dp_ptr"),
+        constexprs={"BLOCK_N": BLOCK_N_BWD, "BLOCK_D": bd, "KT": kt},
+        num_warps=_num_warps_bwd(kt, bd),
+        num_stages=1,
+    )
+    for dt, bd, kt in [(dt, bd, 8) for dt in ("fp32", "bf16") for bd in (128, 1024)]
+    + [("fp16", bd, kt) for kt in (8, 16) for bd in (16, 32, 64, 128, 256, 512, 1024) if kt * bd <= BWD_MAX_TILE]
 ]
