@@ -23,7 +23,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -38,62 +40,82 @@ namespace lmini::cpu {
 namespace {
 
 constexpr int kTile = 16;  // tokens per tile: 16 x D fp32 (64 KiB at D = 1024) stays in L2
-constexpr int kVec = 16;   // floats per vector: one AVX-512 register, two AVX2 ones
-typedef float vf __attribute__((vector_size(kVec * sizeof(float)), aligned(sizeof(float))));
+constexpr int kPad = 16;   // rows padded to a multiple of 16 floats: whole vectors at every width
 
-typedef float vf8 __attribute__((vector_size(8 * sizeof(float))));
-typedef float vf4 __attribute__((vector_size(4 * sizeof(float))));
+// W floats in one vector register of the ISA variant that uses it: 16 with AVX-512, 8 with
+// AVX2, 4 with SSE (and NEON). A GCC vector wider than the target's registers has no machine
+// mode, and every operation on it goes through the stack: 16-float vectors in the AVX2 copy
+// ran 10-20x slower than this on an AVX2-only AMD EPYC.
+template <int W>
+struct VecOf;
+template <>
+struct VecOf<4> {
+  typedef float type __attribute__((vector_size(16), aligned(sizeof(float))));
+};
+template <>
+struct VecOf<8> {
+  typedef float type __attribute__((vector_size(32), aligned(sizeof(float))));
+};
+template <>
+struct VecOf<16> {
+  typedef float type __attribute__((vector_size(64), aligned(sizeof(float))));
+};
 
-__attribute__((always_inline)) inline float hsum(vf v) {
-  const vf8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  const vf4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
-  return (q[0] + q[2]) + (q[1] + q[3]);
+template <int W>
+__attribute__((always_inline)) inline float hsum(typename VecOf<W>::type v) {
+  float t[W];
+  std::memcpy(t, &v, sizeof(t));
+  for (int h = W / 2; h > 0; h /= 2)
+    for (int i = 0; i < h; ++i) t[i] += t[i + h];
+  return t[0];
 }
 
 // One tile of `tn` tokens (rows of `yt`, stride dp, zero beyond dim and beyond tn): normalise
 // the rows, score them against the K folded rows, update the online softmax (m, l) and acc.
+// W: floats per vector; TV: rows of a per score pass (4 tokens x TV rows of accumulators).
+template <int W, int TV>
 __attribute__((always_inline)) inline void process_tile_body(float* __restrict yt, int tn, int64_t dim, int64_t dp, float eps, const float* __restrict a,
                   const float* __restrict p, int64_t p_stride, int64_t nk, float* __restrict acc,
                   float* __restrict m, float* __restrict l, float* __restrict s) {
   // Rows are centred in place and their 1/std kept apart: scores and weights take the scalar,
   // which saves a normalising pass over every row.
+  using vf = typename VecOf<W>::type;
   const float pad = float(dp - dim);
   float rs[kTile];
   for (int t = 0; t < tn; ++t) {
     vf* y = reinterpret_cast<vf*>(yt + t * dp);
     vf sv = {};
-    for (int64_t i = 0; i < dp / kVec; ++i) sv += y[i];
-    const float mean = hsum(sv) / float(dim);
+    for (int64_t i = 0; i < dp / W; ++i) sv += y[i];
+    const float mean = hsum<W>(sv) / float(dim);
     vf cv = {};
-    for (int64_t i = 0; i < dp / kVec; ++i) {
+    for (int64_t i = 0; i < dp / W; ++i) {
       const vf c = y[i] - mean;
       y[i] = c;
       cv += c * c;
     }
     // The zero padding contributed pad * mean^2 to the centred sum of squares.
-    const float var = std::max(0.0f, (hsum(cv) - pad * mean * mean) / float(dim));
+    const float var = std::max(0.0f, (hsum<W>(cv) - pad * mean * mean) / float(dim));
     rs[t] = 1.0f / std::sqrt(var + eps);
     for (int64_t d = dim; d < dp; ++d) yt[t * dp + d] = 0.0f;
   }
-  // Scores, 4 tokens x 4 rows of a per pass: 16 accumulators, each loaded vector feeds 4 FMAs.
-  // nk is a multiple of 4 here (a padded with zero rows), tiles hold kTile rows (zero beyond tn).
-  for (int64_t k = 0; k < nk; k += 4) {
-    const vf* a0 = reinterpret_cast<const vf*>(a + (k + 0) * dp);
-    const vf* a1 = reinterpret_cast<const vf*>(a + (k + 1) * dp);
-    const vf* a2 = reinterpret_cast<const vf*>(a + (k + 2) * dp);
-    const vf* a3 = reinterpret_cast<const vf*>(a + (k + 3) * dp);
+  // Scores, 4 tokens x TV rows of a per pass: 4 * TV accumulators, each loaded vector feeds
+  // TV or 4 FMAs. nk is a multiple of 4 here (a padded with zero rows), tiles hold kTile rows
+  // (zero beyond tn).
+  for (int64_t k = 0; k < nk; k += TV) {
+    const vf* ak[TV];
+    for (int v = 0; v < TV; ++v) ak[v] = reinterpret_cast<const vf*>(a + (k + v) * dp);
     for (int t = 0; t < tn; t += 4) {
-      vf c[4][4] = {};
-      for (int64_t i = 0; i < dp / kVec; ++i) {
-        const vf av[4] = {a0[i], a1[i], a2[i], a3[i]};
+      vf c[4][TV] = {};
+      for (int64_t i = 0; i < dp / W; ++i) {
+        vf av[TV];
+        for (int v = 0; v < TV; ++v) av[v] = ak[v][i];
         for (int u = 0; u < 4; ++u) {
           const vf yv = reinterpret_cast<const vf*>(yt + (t + u) * dp)[i];
-          for (int v = 0; v < 4; ++v) c[u][v] += av[v] * yv;
+          for (int v = 0; v < TV; ++v) c[u][v] += av[v] * yv;
         }
       }
       for (int u = 0; u < 4 && t + u < tn; ++u) {
-        for (int v = 0; v < 4; ++v) s[(t + u) * nk + k + v] = hsum(c[u][v]) * rs[t + u] + p[(k + v) * p_stride + t + u];
+        for (int v = 0; v < TV; ++v) s[(t + u) * nk + k + v] = hsum<W>(c[u][v]) * rs[t + u] + p[(k + v) * p_stride + t + u];
       }
     }
   }
@@ -120,7 +142,7 @@ __attribute__((always_inline)) inline void process_tile_body(float* __restrict y
     vf* ac1 = reinterpret_cast<vf*>(acc + (k + 1) * dp);
     vf* ac2 = reinterpret_cast<vf*>(acc + (k + 2) * dp);
     vf* ac3 = reinterpret_cast<vf*>(acc + (k + 3) * dp);
-    for (int64_t i = 0; i < dp / kVec; ++i) {
+    for (int64_t i = 0; i < dp / W; ++i) {
       vf v0 = ac0[i] * alpha[0], v1 = ac1[i] * alpha[1], v2 = ac2[i] * alpha[2], v3 = ac3[i] * alpha[3];
       for (int t = 0; t < tn; ++t) {
         const vf yv = reinterpret_cast<const vf*>(yt + t * dp)[i];
@@ -140,28 +162,49 @@ __attribute__((always_inline)) inline void process_tile_body(float* __restrict y
 using TileFn = void (*)(float*, int, int64_t, int64_t, float, const float*, const float*, int64_t, int64_t, float*,
                        float*, float*, float*);
 
-#define LMINI_TILE_VARIANT(name, attr)                                                                            \
+#define LMINI_TILE_VARIANT(name, attr, W, TV)                                                                    \
   attr void name(float* yt, int tn, int64_t dim, int64_t dp, float eps, const float* a, const float* p,          \
                  int64_t p_stride, int64_t nk, float* acc, float* m, float* l, float* s) {                       \
-    process_tile_body(yt, tn, dim, dp, eps, a, p, p_stride, nk, acc, m, l, s);                                    \
+    process_tile_body<W, TV>(yt, tn, dim, dp, eps, a, p, p_stride, nk, acc, m, l, s);                             \
   }
-LMINI_TILE_VARIANT(process_tile_baseline, )
+// Accumulators per score pass: 4 x TV vectors (8 of 16 xmm/ymm registers, 16 of 32 zmm).
+LMINI_TILE_VARIANT(process_tile_baseline, , 4, 2)
 #if LMINI_X86_DISPATCH
 // Chosen by CPU features (not CPU model, so AMD Zen 4 gets the AVX-512 one).
-LMINI_TILE_VARIANT(process_tile_avx2, __attribute__((target("avx2,fma"))))
-LMINI_TILE_VARIANT(process_tile_avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
+LMINI_TILE_VARIANT(process_tile_avx2, __attribute__((target("avx2,fma"))), 8, 2)
+LMINI_TILE_VARIANT(process_tile_avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))), 16, 4)
 #endif
+
+// The widest vector ISA this CPU runs (0 base, 1 AVX2+FMA, 2 AVX-512), capped by
+// LMINI_CPU_ISA=base|avx2 (read per call, so the tests run every copy on one machine).
+int cpu_isa_level() {
+  int best = 0;
+#if LMINI_X86_DISPATCH
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
+    best = 2;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    best = 1;
+  }
+#endif
+  const char* cap = std::getenv("LMINI_CPU_ISA");
+  if (cap == nullptr) return best;
+  const std::string c(cap);
+  if (c == "base") return 0;
+  if (c == "avx2") return std::min(best, 1);
+  return best;
+}
 
 TileFn pick_tile_fn() {
 #if LMINI_X86_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return process_tile_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return process_tile_avx2;
+  switch (cpu_isa_level()) {
+    case 2: return process_tile_avx512;
+    case 1: return process_tile_avx2;
+    default: break;
+  }
 #endif
   return process_tile_baseline;
 }
-
-const TileFn process_tile = pick_tile_fn();
 
 template <typename T>
 void load_rows(const T* x, int64_t sn, int tn, int64_t dim, int64_t dp, float* yt) {
@@ -191,6 +234,7 @@ void compress_folded_impl(const T* x, const float* a, const float* p, float* acc
                           const Shape& sh, float eps) {
   const int64_t chunk = (sh.n + sh.splits - 1) / sh.splits;
   const int64_t part_row = sh.dim + 2;  // (m, l, acc[dim]) per (task, k)
+  const TileFn process_tile = pick_tile_fn();
   at::parallel_for(0, sh.batch * sh.splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<float, std::allocator<float>> yt(kTile * sh.dp), acc(sh.nk4 * sh.dp);
     std::vector<float> m(sh.nk4), l(sh.nk4), s(kTile * sh.nk4);
@@ -260,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const
   const at::Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();
   const at::Tensor p = p_in.contiguous();
   Shape sh{x.size(0), x.size(1), x.size(2), 0, a_in.size(0), x.stride(0), x.stride(1), splits};
-  sh.dp = (sh.dim + kVec - 1) / kVec * kVec;
+  sh.dp = (sh.dim + kPad - 1) / kPad * kPad;
   at::Tensor acc = new_output(at::empty({sh.batch, sh.nk, sh.dim}, x.options().dtype(at::kFloat)));
   at::Tensor lse = new_output(at::empty({sh.batch, sh.nk}, x.options().dtype(at::kFloat)));
   if (sh.batch == 0 || sh.nk == 0) return {acc, lse};
@@ -307,55 +351,57 @@ std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const
 constexpr int kEpiRows = 8;
 
 // y[r][j] = bias[j] + w[j, :] . x[r][:] for r < nr, j < nout; x rows of width nin, stride ldx.
+template <int W>
 __attribute__((always_inline)) inline void gemv_rows_body(const float* __restrict w, const float* __restrict bias,
                                                           const float* __restrict x, int64_t ldx, int nr,
                                                           int64_t nin, int64_t nout, float* __restrict y,
                                                           int64_t ldy) {
-  const int64_t nv = nin / kVec;
+  using vf = typename VecOf<W>::type;
+  const int64_t nv = nin / W;
   for (int64_t j = 0; j < nout; ++j) {
     const float* wj = w + j * nin;
     vf c[kEpiRows] = {};
     for (int64_t i = 0; i < nv; ++i) {
       vf wv;
-      std::memcpy(&wv, wj + i * kVec, sizeof(vf));
+      std::memcpy(&wv, wj + i * W, sizeof(vf));
       for (int r = 0; r < kEpiRows; ++r) {
         if (r < nr) {
           vf xv;
-          std::memcpy(&xv, x + r * ldx + i * kVec, sizeof(vf));
+          std::memcpy(&xv, x + r * ldx + i * W, sizeof(vf));
           c[r] += wv * xv;
         }
       }
     }
     for (int r = 0; r < nr; ++r) {
-      float acc = hsum(c[r]) + bias[j];
-      for (int64_t d = nv * kVec; d < nin; ++d) acc += wj[d] * x[r * ldx + d];
+      float acc = hsum<W>(c[r]) + bias[j];
+      for (int64_t d = nv * W; d < nin; ++d) acc += wj[d] * x[r * ldx + d];
       y[r * ldy + j] = acc;
     }
   }
 }
 
 using GemvFn = void (*)(const float*, const float*, const float*, int64_t, int, int64_t, int64_t, float*, int64_t);
-#define LMINI_GEMV_VARIANT(name, attr)                                                                         \
+#define LMINI_GEMV_VARIANT(name, attr, W)                                                                      \
   attr void name(const float* w, const float* bias, const float* x, int64_t ldx, int nr, int64_t nin,         \
                  int64_t nout, float* y, int64_t ldy) {                                                        \
-    gemv_rows_body(w, bias, x, ldx, nr, nin, nout, y, ldy);                                                    \
+    gemv_rows_body<W>(w, bias, x, ldx, nr, nin, nout, y, ldy);                                                 \
   }
-LMINI_GEMV_VARIANT(gemv_rows_baseline, )
+LMINI_GEMV_VARIANT(gemv_rows_baseline, , 4)
 #if LMINI_X86_DISPATCH
-LMINI_GEMV_VARIANT(gemv_rows_avx2, __attribute__((target("avx2,fma"))))
-LMINI_GEMV_VARIANT(gemv_rows_avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
+LMINI_GEMV_VARIANT(gemv_rows_avx2, __attribute__((target("avx2,fma"))), 8)
+LMINI_GEMV_VARIANT(gemv_rows_avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))), 16)
 #endif
 
 GemvFn pick_gemv_fn() {
 #if LMINI_X86_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) return gemv_rows_avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return gemv_rows_avx2;
+  switch (cpu_isa_level()) {
+    case 2: return gemv_rows_avx512;
+    case 1: return gemv_rows_avx2;
+    default: break;
+  }
 #endif
   return gemv_rows_baseline;
 }
-
-const GemvFn gemv_rows = pick_gemv_fn();
 
 // acc (R, H, D) fp32, wv (H, dh, D), bv (H*dh = D), wo (D, D), bo (D) -> out (R, D) fp32.
 at::Tensor compress_epilogue(const at::Tensor& acc_in, const at::Tensor& wv_in, const at::Tensor& bv_in,
@@ -378,6 +424,7 @@ at::Tensor compress_epilogue(const at::Tensor& acc_in, const at::Tensor& wv_in, 
   const float *w2 = wo.data_ptr<float>(), *b2 = bo.data_ptr<float>();
   float* y = out.data_ptr<float>();
   const int64_t blocks = (rows + kEpiRows - 1) / kEpiRows;
+  const GemvFn gemv_rows = pick_gemv_fn();
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> o(kEpiRows * dim);
     for (int64_t blk = begin; blk < end; ++blk) {

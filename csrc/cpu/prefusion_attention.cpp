@@ -41,17 +41,23 @@ struct Problem {
   float scale;
 };
 
-// kRowBlock: query rows whose 64 scores are accumulated together, sized to the registers
-// (4 x 4 zmm with AVX-512, 2 x 8 ymm with AVX2).
+// kW: floats per vector register of the copy; kRowBlock: query rows whose 64 scores are
+// accumulated together, sized to the registers (4 x 4 of 32 zmm with AVX-512; 1 x 8 of 16 ymm
+// with AVX2 and 1 x 16 xmm with SSE, where a second row would spill); kPvRowBlock: rows of
+// P V per pass (kPvRowBlock x 2 accumulators, each loaded V vector feeds kPvRowBlock FMAs).
 namespace isa_default {
-constexpr int kRowBlock = 2;
+constexpr int kW = 4;
+constexpr int kRowBlock = 1;
+constexpr int kPvRowBlock = 2;
 #include "prefusion_attention_body.h"
 }  // namespace isa_default
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace isa_avx2 {
-constexpr int kRowBlock = 2;
+constexpr int kW = 8;
+constexpr int kRowBlock = 1;
+constexpr int kPvRowBlock = 4;
 #include "prefusion_attention_body.h"
 }  // namespace isa_avx2
 #pragma GCC pop_options
@@ -59,7 +65,9 @@ constexpr int kRowBlock = 2;
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512")
 namespace isa_avx512 {
+constexpr int kW = 16;
 constexpr int kRowBlock = 4;
+constexpr int kPvRowBlock = 4;
 #include "prefusion_attention_body.h"
 }  // namespace isa_avx512
 #pragma GCC pop_options

@@ -30,46 +30,48 @@ static inline float fast_exp(float x) {
   return tiny ? 0.0f : p * scale;
 }
 
-// 16 floats: one AVX-512 register, two AVX2 registers, four SSE registers.
-typedef float vec16 __attribute__((vector_size(64)));
-typedef float vec16u __attribute__((vector_size(64), aligned(4)));
+// kW floats: one register of this copy's ISA (16 with AVX-512, 8 with AVX2, 4 with SSE). A GCC
+// vector wider than the target's registers has no machine mode and every operation on it goes
+// through the stack (16-float vectors in the AVX2 copy ran ~10x slower than SDPA on an
+// AVX2-only AMD EPYC).
+typedef float vecw __attribute__((vector_size(4 * kW)));
+typedef float vecwu __attribute__((vector_size(4 * kW), aligned(4)));
 
-static inline vec16 load16(const float* p) { return *reinterpret_cast<const vec16u*>(p); }
-static inline void store16(float* p, vec16 v) { *reinterpret_cast<vec16u*>(p) = v; }
+static inline vecw loadw(const float* p) { return *reinterpret_cast<const vecwu*>(p); }
+static inline void storew(float* p, vecw v) { *reinterpret_cast<vecwu*>(p) = v; }
 
 // s[r, :] = bias + sum_c q[r, c] * kt[c, :] over the kTileN keys, for R rows (q rows d apart).
 template <int R>
 static inline void score_rows(const float* q, const float* kt, const float* bias, float* s, int64_t d) {
-  constexpr int V = kTileN / 16;  // 16-float vectors per tile row
-  static_assert(kTileN % 16 == 0, "the key tile is a whole number of 16-float vectors");
-  vec16 a[R][V];
+  constexpr int V = kTileN / kW;  // vectors per tile row
+  static_assert(kTileN % kW == 0, "the key tile is a whole number of vectors");
+  vecw a[R][V];
   for (int r = 0; r < R; ++r)
-    for (int u = 0; u < V; ++u) a[r][u] = load16(bias + 16 * u);
+    for (int u = 0; u < V; ++u) a[r][u] = loadw(bias + kW * u);
   for (int64_t c = 0; c < d; ++c) {
     const float* kc = kt + c * kTileN;
-    vec16 k[V];
-    for (int u = 0; u < V; ++u) k[u] = load16(kc + 16 * u);
-    for (int r = 0; r < R; ++r) {
-      const float qv = q[r * d + c];
-      for (int u = 0; u < V; ++u) a[r][u] += qv * k[u];
+    for (int u = 0; u < V; ++u) {
+      const vecw k = loadw(kc + kW * u);
+      for (int r = 0; r < R; ++r) a[r][u] += q[r * d + c] * k;
     }
   }
   for (int r = 0; r < R; ++r)
-    for (int u = 0; u < V; ++u) store16(s + r * kTileN + 16 * u, a[r][u]);
+    for (int u = 0; u < V; ++u) storew(s + r * kTileN + kW * u, a[r][u]);
 }
 
-// acc[r, :] += sum_{j < n} p[r, j] * v[j, :] for R rows (p rows 64 apart, acc rows d apart).
+// acc[r, :] += sum_{j < n} p[r, j] * v[j, :] for R rows (p rows 64 apart, acc rows d apart),
+// 2 * kW output columns per pass kept in registers.
 template <int R>
 static inline void pv_rows(const float* p, const float* v, float* acc, int64_t n, int64_t d) {
   int64_t c0 = 0;
-  for (; c0 + 32 <= d; c0 += 32) {
-    vec16 a[R][2];
+  for (; c0 + 2 * kW <= d; c0 += 2 * kW) {
+    vecw a[R][2];
     for (int r = 0; r < R; ++r) {
-      a[r][0] = load16(acc + r * d + c0);
-      a[r][1] = load16(acc + r * d + c0 + 16);
+      a[r][0] = loadw(acc + r * d + c0);
+      a[r][1] = loadw(acc + r * d + c0 + kW);
     }
     for (int64_t j = 0; j < n; ++j) {
-      const vec16 v0 = load16(v + j * d + c0), v1 = load16(v + j * d + c0 + 16);
+      const vecw v0 = loadw(v + j * d + c0), v1 = loadw(v + j * d + c0 + kW);
       for (int r = 0; r < R; ++r) {
         const float pj = p[r * kTileN + j];
         a[r][0] += pj * v0;
@@ -77,20 +79,20 @@ static inline void pv_rows(const float* p, const float* v, float* acc, int64_t n
       }
     }
     for (int r = 0; r < R; ++r) {
-      store16(acc + r * d + c0, a[r][0]);
-      store16(acc + r * d + c0 + 16, a[r][1]);
+      storew(acc + r * d + c0, a[r][0]);
+      storew(acc + r * d + c0 + kW, a[r][1]);
     }
   }
-  for (; c0 + 16 <= d; c0 += 16) {
-    vec16 a[R];
-    for (int r = 0; r < R; ++r) a[r] = load16(acc + r * d + c0);
+  for (; c0 + kW <= d; c0 += kW) {
+    vecw a[R];
+    for (int r = 0; r < R; ++r) a[r] = loadw(acc + r * d + c0);
     for (int64_t j = 0; j < n; ++j) {
-      const vec16 v0 = load16(v + j * d + c0);
+      const vecw v0 = loadw(v + j * d + c0);
       for (int r = 0; r < R; ++r) a[r] += p[r * kTileN + j] * v0;
     }
-    for (int r = 0; r < R; ++r) store16(acc + r * d + c0, a[r]);
+    for (int r = 0; r < R; ++r) storew(acc + r * d + c0, a[r]);
   }
-  for (; c0 < d; ++c0) {  // head dims that are not a multiple of 16
+  for (; c0 < d; ++c0) {  // head dims that are not a multiple of kW
     for (int r = 0; r < R; ++r) {
       float t = acc[r * d + c0];
       for (int64_t j = 0; j < n; ++j) t += p[r * kTileN + j] * v[j * d + c0];
@@ -176,8 +178,8 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
         for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
       }
     }
-    // acc += P V, kRowBlock rows at a time, 32 output columns per pass kept in registers.
-    for (r = 0; r + kRowBlock <= rows; r += kRowBlock) pv_rows<kRowBlock>(s + r * kTileN, vf, acc + r * d, n, d);
+    // acc += P V, kPvRowBlock rows at a time, 2 * kW output columns per pass in registers.
+    for (r = 0; r + kPvRowBlock <= rows; r += kPvRowBlock) pv_rows<kPvRowBlock>(s + r * kTileN, vf, acc + r * d, n, d);
     for (; r < rows; ++r) pv_rows<1>(s + r * kTileN, vf, acc + r * d, n, d);
   }
   for (int64_t r = 0; r < rows; ++r) {
