@@ -305,6 +305,9 @@ std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const
   const at::Tensor p = p_in.contiguous();
   Shape sh{x.size(0), x.size(1), x.size(2), 0, a_in.size(0), x.stride(0), x.stride(1), splits};
   sh.dp = (sh.dim + kPad - 1) / kPad * kPad;
+  // Rows a multiple of 1 KiB apart fall in the same L1 sets (4 KiB aliasing at D = 1024: the 16
+  // rows of a tile then fight over 8 ways); one extra cache line per row spreads them out.
+  if (sh.dp % 256 == 0) sh.dp += kPad;
   at::Tensor acc = new_output(at::empty({sh.batch, sh.nk, sh.dim}, x.options().dtype(at::kFloat)));
   at::Tensor lse = new_output(at::empty({sh.batch, sh.nk}, x.options().dtype(at::kFloat)));
   if (sh.batch == 0 || sh.nk == 0) return {acc, lse};

@@ -41,13 +41,15 @@ struct Problem {
   float scale;
 };
 
-// kW: floats per vector register of the copy; kRowBlock: query rows whose 64 scores are
-// accumulated together, sized to the registers (4 x 4 of 32 zmm with AVX-512; 1 x 8 of 16 ymm
-// with AVX2 and 1 x 16 xmm with SSE, where a second row would spill); kPvRowBlock: rows of
+// kW: floats per vector register of the copy; kRowBlock: query rows scored together, each K
+// vector load feeding kRowBlock FMAs; kScoreAcc: score accumulators held in registers (4 x 4
+// of 32 zmm with AVX-512; 2 x 4 of 16 ymm with AVX2, the 64-key tile in two halves; 2 x 4 of
+// 16 xmm with SSE, in four quarters); kPvRowBlock: rows of
 // P V per pass (kPvRowBlock x 2 accumulators, each loaded V vector feeds kPvRowBlock FMAs).
 namespace isa_default {
 constexpr int kW = 4;
-constexpr int kRowBlock = 1;
+constexpr int kRowBlock = 2;
+constexpr int kScoreAcc = 8;
 constexpr int kPvRowBlock = 2;
 #include "prefusion_attention_body.h"
 }  // namespace isa_default
@@ -56,7 +58,8 @@ constexpr int kPvRowBlock = 2;
 #pragma GCC target("avx2,fma")
 namespace isa_avx2 {
 constexpr int kW = 8;
-constexpr int kRowBlock = 1;
+constexpr int kRowBlock = 4;
+constexpr int kScoreAcc = 8;
 constexpr int kPvRowBlock = 4;
 #include "prefusion_attention_body.h"
 }  // namespace isa_avx2
@@ -67,6 +70,7 @@ constexpr int kPvRowBlock = 4;
 namespace isa_avx512 {
 constexpr int kW = 16;
 constexpr int kRowBlock = 4;
+constexpr int kScoreAcc = 16;
 constexpr int kPvRowBlock = 4;
 #include "prefusion_attention_body.h"
 }  // namespace isa_avx512

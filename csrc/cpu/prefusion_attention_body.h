@@ -41,22 +41,28 @@ static inline vecw loadw(const float* p) { return *reinterpret_cast<const vecwu*
 static inline void storew(float* p, vecw v) { *reinterpret_cast<vecwu*>(p) = v; }
 
 // s[r, :] = bias + sum_c q[r, c] * kt[c, :] over the kTileN keys, for R rows (q rows d apart).
+// The tile's V vectors per row are taken VB at a time, so the R x VB accumulators, one K vector
+// and R broadcast q values fit the registers (kScoreAcc accumulators at most).
 template <int R>
 static inline void score_rows(const float* q, const float* kt, const float* bias, float* s, int64_t d) {
   constexpr int V = kTileN / kW;  // vectors per tile row
   static_assert(kTileN % kW == 0, "the key tile is a whole number of vectors");
-  vecw a[R][V];
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < V; ++u) a[r][u] = loadw(bias + kW * u);
-  for (int64_t c = 0; c < d; ++c) {
-    const float* kc = kt + c * kTileN;
-    for (int u = 0; u < V; ++u) {
-      const vecw k = loadw(kc + kW * u);
-      for (int r = 0; r < R; ++r) a[r][u] += q[r * d + c] * k;
+  constexpr int VB = R * V <= kScoreAcc ? V : (kScoreAcc / R > 0 ? kScoreAcc / R : 1);
+  static_assert(V % VB == 0, "the accumulator block divides the tile row");
+  for (int u0 = 0; u0 < V; u0 += VB) {
+    vecw a[R][VB];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < VB; ++u) a[r][u] = loadw(bias + kW * (u0 + u));
+    for (int64_t c = 0; c < d; ++c) {
+      const float* kc = kt + c * kTileN + kW * u0;
+      for (int u = 0; u < VB; ++u) {
+        const vecw k = loadw(kc + kW * u);
+        for (int r = 0; r < R; ++r) a[r][u] += q[r * d + c] * k;
+      }
     }
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < VB; ++u) storew(s + r * kTileN + kW * (u0 + u), a[r][u]);
   }
-  for (int r = 0; r < R; ++r)
-    for (int u = 0; u < V; ++u) storew(s + r * kTileN + kW * u, a[r][u]);
 }
 
 // acc[r, :] += sum_{j < n} p[r, j] * v[j, :] for R rows (p rows 64 apart, acc rows d apart),
