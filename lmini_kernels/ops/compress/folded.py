@@ -126,6 +126,13 @@ def core_backward(
     return dx.to(x.dtype), da, dp.contiguous()
 
 
+# Rows (images x queries) up to which the CPU epilogue runs the C++ op (one parallel region,
+# per-row GEMVs) instead of torch's batched GEMMs. 0: never. On the AVX2 EPYC of 2026-12-02
+# (2 threads) torch's GEMMs won at every size: 1 row 0.27 vs 1.0 ms, 64 rows 3.1 vs 7.1 ms,
+# 256 rows 8.8 vs 28.6 ms (the epilogue alone, D = 1024, 8 heads, best of 10).
+CPU_EPILOGUE_MAX_ROWS = 0
+
+
 def epilogue(
     acc: torch.Tensor, f: Folded, out_proj_weight: torch.Tensor, out_proj_bias: torch.Tensor, num_heads: int
 ) -> torch.Tensor:
@@ -133,7 +140,8 @@ def epilogue(
     projection (gamma-folded) after the weighted sum, then out_proj."""
     batch, k, dim = acc.shape
     nq = k // num_heads
-    if acc.device.type == "cpu" and acc.dtype == torch.float32 and f.wv.dtype == torch.float32:
+    cpu_fp32 = acc.device.type == "cpu" and acc.dtype == torch.float32 and f.wv.dtype == torch.float32
+    if cpu_fp32 and batch * nq <= CPU_EPILOGUE_MAX_ROWS:
         from lmini_kernels.ops.compress.core import has_cpu_epilogue
 
         if has_cpu_epilogue():  # one parallel region instead of three GEMM/copy ops
