@@ -31,10 +31,7 @@
 
 #include "lmini/math.h"
 #include "lmini/torch_utils.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#include <immintrin.h>
-#endif
+#include "row_convert.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define LMINI_X86_DISPATCH 1
@@ -210,39 +207,7 @@ TileFn pick_tile_fn() {
   return process_tile_baseline;
 }
 
-// Row conversion to fp32. c10::Half's scalar conversion is a software bit routine in a build
-// without -mf16c (1 x 576 x 1024 fp16 took 4.1 ms here, 3 ms of it converting); F16C converts
-// 8 halves per instruction. bf16 -> fp32 is a 16-bit shift, which the compiler vectorises.
-void half_row_scalar(const c10::Half* src, float* dst, int64_t n) {
-  for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<float>(src[d]);
-}
-#if LMINI_X86_DISPATCH
-__attribute__((target("avx2,f16c"))) void half_row_f16c(const c10::Half* src, float* dst, int64_t n) {
-  int64_t d = 0;
-  for (; d + 8 <= n; d += 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + d));
-    _mm256_storeu_ps(dst + d, _mm256_cvtph_ps(h));
-  }
-  for (; d < n; ++d) dst[d] = static_cast<float>(src[d]);
-}
-#endif
-using HalfRowFn = void (*)(const c10::Half*, float*, int64_t);
-HalfRowFn pick_half_row_fn() {
-#if LMINI_X86_DISPATCH
-  if (cpu_isa_level() >= 1 && __builtin_cpu_supports("f16c")) return half_row_f16c;
-#endif
-  return half_row_scalar;
-}
-
-inline void convert_row(const float* src, float* dst, int64_t n, HalfRowFn) {
-  std::memcpy(dst, src, n * sizeof(float));
-}
-inline void convert_row(const c10::Half* src, float* dst, int64_t n, HalfRowFn half_fn) { half_fn(src, dst, n); }
-inline void convert_row(const c10::BFloat16* src, float* dst, int64_t n, HalfRowFn) {
-  const auto* bits = reinterpret_cast<const uint16_t*>(src);
-  auto* out = reinterpret_cast<uint32_t*>(dst);
-  for (int64_t d = 0; d < n; ++d) out[d] = uint32_t(bits[d]) << 16;
-}
+HalfRowFn half_row_fn() { return pick_half_row_fn(cpu_isa_level() >= 1); }
 
 template <typename T>
 void load_rows(const T* x, int64_t sn, int tn, int64_t dim, int64_t dp, float* yt, HalfRowFn half_fn) {
@@ -268,7 +233,7 @@ void compress_folded_impl(const T* x, const float* a, const float* p, float* acc
   const int64_t chunk = (sh.n + sh.splits - 1) / sh.splits;
   const int64_t part_row = sh.dim + 2;  // (m, l, acc[dim]) per (task, k)
   const TileFn process_tile = pick_tile_fn();
-  const HalfRowFn half_fn = pick_half_row_fn();
+  const HalfRowFn half_fn = half_row_fn();
   at::parallel_for(0, sh.batch * sh.splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<float, std::allocator<float>> yt(kTile * sh.dp), acc(sh.nk4 * sh.dp);
     std::vector<float> m(sh.nk4), l(sh.nk4), s(kTile * sh.nk4);

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "lmini/torch_utils.h"
+#include "row_convert.h"
 
 namespace lmini::cpu {
 namespace {
@@ -99,17 +100,18 @@ void run(const Problem<T>& pr, int64_t batch) {
   const int64_t qtiles = (pr.lq + bm - 1) / bm;
   const int64_t tasks = batch * pr.hkv * qtiles;
   const int64_t rows = bm * pr.group;
-  const int64_t work_floats = rows * pr.d + 2 * kTileN * pr.d + rows * kTileN + rows * pr.d + 2 * rows;
+  const int64_t work_floats = rows * pr.d + 2 * kTileN * pr.d + rows * kTileN + rows * pr.d + 2 * rows + pr.d;
   const Isa isa = cpu_isa();
+  const HalfRowFn half_fn = pick_half_row_fn(isa != Isa::base);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> work(work_floats);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t qt = t % qtiles, hk = (t / qtiles) % pr.hkv, b = t / (qtiles * pr.hkv);
       const int64_t q0 = qt * bm, n = std::min(bm, pr.lq - q0);
       switch (isa) {
-        case Isa::avx512: isa_avx512::attention_task(pr, b, hk, q0, n, work.data()); break;
-        case Isa::avx2: isa_avx2::attention_task(pr, b, hk, q0, n, work.data()); break;
-        case Isa::base: isa_default::attention_task(pr, b, hk, q0, n, work.data()); break;
+        case Isa::avx512: isa_avx512::attention_task(pr, b, hk, q0, n, work.data(), half_fn); break;
+        case Isa::avx2: isa_avx2::attention_task(pr, b, hk, q0, n, work.data(), half_fn); break;
+        case Isa::base: isa_default::attention_task(pr, b, hk, q0, n, work.data(), half_fn); break;
       }
     }
   });

@@ -108,7 +108,8 @@ static inline void pv_rows(const float* p, const float* v, float* acc, int64_t n
 }
 
 template <typename T>
-static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t q0, int64_t bm, float* work) {
+static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t q0, int64_t bm, float* work,
+                           HalfRowFn half_fn) {
   const int64_t d = pr.d, g = pr.group, rows = bm * g;
   // Scratch (fp32): Q rows (pre-scaled), K tile transposed (d x kTileN), V tile (kTileN x d),
   // the score tile, the output accumulators and the per-row softmax state.
@@ -119,12 +120,14 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
   float* acc = s + rows * kTileN;
   float* mrow = acc + rows * d;
   float* lrow = mrow + rows;
+  float* row = lrow + rows;  // one converted K row
   alignas(64) float kbias[kTileN];
 
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = q0 + r / g, h = hk * g + r % g;
     const T* src = pr.q + b * pr.sqb + i * pr.sql + h * pr.sqh;
-    for (int64_t c = 0; c < d; ++c) qf[r * d + c] = static_cast<float>(src[c]) * pr.scale;
+    convert_row(src, qf + r * d, d, half_fn);
+    for (int64_t c = 0; c < d; ++c) qf[r * d + c] *= pr.scale;
     for (int64_t c = 0; c < d; ++c) acc[r * d + c] = 0.0f;
     mrow[r] = -INFINITY;
     lrow[r] = 0.0f;
@@ -145,8 +148,9 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
     for (int64_t j = 0; j < n; ++j) {
       const T* ks = pr.k + b * pr.skb + (k0 + j) * pr.skl + hk * pr.skh;
       const T* vs = pr.v + b * pr.svb + (k0 + j) * pr.svl + hk * pr.svh;
-      for (int64_t c = 0; c < d; ++c) kt[c * kTileN + j] = static_cast<float>(ks[c]);
-      for (int64_t c = 0; c < d; ++c) vf[j * d + c] = static_cast<float>(vs[c]);
+      convert_row(ks, row, d, half_fn);
+      for (int64_t c = 0; c < d; ++c) kt[c * kTileN + j] = row[c];
+      convert_row(vs, vf + j * d, d, half_fn);
     }
     for (int64_t j = n; j < kTileN; ++j) {  // finite filler: 0 * garbage could be NaN
       for (int64_t c = 0; c < d; ++c) kt[c * kTileN + j] = 0.0f;
