@@ -44,6 +44,31 @@ inline HalfRowFn pick_half_row_fn(bool simd) {
   return half_row_scalar;
 }
 
+// fp32 -> fp16, round to nearest even (as c10::Half's constructor).
+using HalfStoreFn = void (*)(const float*, c10::Half*, int64_t);
+
+inline void half_store_scalar(const float* src, c10::Half* dst, int64_t n) {
+  for (int64_t d = 0; d < n; ++d) dst[d] = static_cast<c10::Half>(src[d]);
+}
+
+#if LMINI_ROW_CONVERT_F16C
+__attribute__((target("avx2,f16c"))) inline void half_store_f16c(const float* src, c10::Half* dst, int64_t n) {
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + d), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + d), h);
+  }
+  for (; d < n; ++d) dst[d] = static_cast<c10::Half>(src[d]);
+}
+#endif
+
+inline HalfStoreFn pick_half_store_fn(bool simd) {
+#if LMINI_ROW_CONVERT_F16C
+  if (simd && __builtin_cpu_supports("f16c")) return half_store_f16c;
+#endif
+  return half_store_scalar;
+}
+
 inline void convert_row(const float* src, float* dst, int64_t n, HalfRowFn) {
   std::memcpy(dst, src, n * sizeof(float));
 }

@@ -17,6 +17,7 @@
 
 #include "lmini/math.h"
 #include "lmini/torch_utils.h"
+#include "row_convert.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define LMINI_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -54,13 +55,20 @@ void row_softmax_rows(const T* x, T* y, int64_t rows, int64_t cols, float scale)
     if constexpr (std::is_same_v<T, float>) {
       for (int64_t r = begin; r < end; ++r) softmax_row(x + r * cols, y + r * cols, cols, scale);
     } else {
-      std::vector<float> buf(cols);  // half types: convert once, compute in fp32, convert back
+      // Half types: convert once (F16C for fp16, row_convert.h), compute in fp32, convert back.
+      std::vector<float> buf(cols);
+      const HalfRowFn load_half = pick_half_row_fn(true);
+      const HalfStoreFn store_half = pick_half_store_fn(true);
       for (int64_t r = begin; r < end; ++r) {
         const T* xr = x + r * cols;
         T* yr = y + r * cols;
-        for (int64_t c = 0; c < cols; ++c) buf[c] = static_cast<float>(xr[c]);
+        convert_row(xr, buf.data(), cols, load_half);
         softmax_row(buf.data(), buf.data(), cols, scale);
-        for (int64_t c = 0; c < cols; ++c) yr[c] = static_cast<T>(buf[c]);
+        if constexpr (std::is_same_v<T, c10::Half>) {
+          store_half(buf.data(), yr, cols);
+        } else {
+          for (int64_t c = 0; c < cols; ++c) yr[c] = static_cast<T>(buf[c]);
+        }
       }
     }
   });
