@@ -23,12 +23,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <tuple>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "lmini/math.h"
 #include "lmini/torch_utils.h"
 #include "row_convert.h"
@@ -176,38 +175,16 @@ LMINI_TILE_VARIANT(process_tile_avx2, __attribute__((target("avx2,fma"))), 8, 2)
 LMINI_TILE_VARIANT(process_tile_avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))), 16, 4)
 #endif
 
-// The widest vector ISA this CPU runs (0 base, 1 AVX2+FMA, 2 AVX-512), capped by
-// LMINI_CPU_ISA=base|avx2 (read per call, so the tests run every copy on one machine).
-int cpu_isa_level() {
-  int best = 0;
+TileFn pick_tile_fn(Isa isa) {
 #if LMINI_X86_DISPATCH
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
-    best = 2;
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    best = 1;
-  }
-#endif
-  const char* cap = std::getenv("LMINI_CPU_ISA");
-  if (cap == nullptr) return best;
-  const std::string c(cap);
-  if (c == "base") return 0;
-  if (c == "avx2") return std::min(best, 1);
-  return best;
-}
-
-TileFn pick_tile_fn() {
-#if LMINI_X86_DISPATCH
-  switch (cpu_isa_level()) {
-    case 2: return process_tile_avx512;
-    case 1: return process_tile_avx2;
-    default: break;
+  switch (isa) {
+    case Isa::avx512: return process_tile_avx512;
+    case Isa::avx2: return process_tile_avx2;
+    case Isa::base: break;
   }
 #endif
   return process_tile_baseline;
 }
-
-HalfRowFn half_row_fn() { return pick_half_row_fn(cpu_isa_level() >= 1); }
 
 template <typename T>
 void load_rows(const T* x, int64_t sn, int tn, int64_t dim, int64_t dp, float* yt, HalfRowFn half_fn) {
@@ -232,8 +209,9 @@ void compress_folded_impl(const T* x, const float* a, const float* p, float* acc
                           const Shape& sh, float eps) {
   const int64_t chunk = (sh.n + sh.splits - 1) / sh.splits;
   const int64_t part_row = sh.dim + 2;  // (m, l, acc[dim]) per (task, k)
-  const TileFn process_tile = pick_tile_fn();
-  const HalfRowFn half_fn = half_row_fn();
+  const Isa isa = cpu_isa();
+  const TileFn process_tile = pick_tile_fn(isa);
+  const HalfRowFn half_fn = pick_half_row_fn(isa != Isa::base);
   at::parallel_for(0, sh.batch * sh.splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<float, std::allocator<float>> yt(kTile * sh.dp), acc(sh.nk4 * sh.dp);
     std::vector<float> m(sh.nk4), l(sh.nk4), s(kTile * sh.nk4);
@@ -396,10 +374,10 @@ LMINI_GEMV_VARIANT(gemv_rows_avx512, __attribute__((target("avx512f,avx512vl,avx
 
 GemvFn pick_gemv_fn() {
 #if LMINI_X86_DISPATCH
-  switch (cpu_isa_level()) {
-    case 2: return gemv_rows_avx512;
-    case 1: return gemv_rows_avx2;
-    default: break;
+  switch (cpu_isa()) {
+    case Isa::avx512: return gemv_rows_avx512;
+    case Isa::avx2: return gemv_rows_avx2;
+    case Isa::base: break;
   }
 #endif
   return gemv_rows_baseline;

@@ -18,11 +18,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <optional>
-#include <string>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "lmini/torch_utils.h"
 #include "row_convert.h"
 
@@ -76,21 +75,6 @@ constexpr int kPvRowBlock = 4;
 #include "prefusion_attention_body.h"
 }  // namespace isa_avx512
 #pragma GCC pop_options
-
-enum class Isa { base, avx2, avx512 };
-
-// The widest ISA this CPU runs; LMINI_CPU_ISA=base|avx2 caps it (the tests run every path).
-Isa cpu_isa() {
-  static const Isa best = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") ? Isa::avx512
-                          : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")      ? Isa::avx2
-                                                                                                  : Isa::base;
-  const char* cap = std::getenv("LMINI_CPU_ISA");
-  if (cap == nullptr) return best;
-  const std::string c(cap);
-  if (c == "base") return Isa::base;
-  if (c == "avx2") return best == Isa::base ? Isa::base : Isa::avx2;
-  return best;
-}
 
 template <typename T>
 void run(const Problem<T>& pr, int64_t batch) {

@@ -36,10 +36,18 @@ __attribute__((target("avx2,f16c"))) inline void half_row_f16c(const c10::Half* 
 }
 #endif
 
-// The F16C converter when `simd` (the caller's ISA choice allows AVX2) and the CPU has F16C.
+// True when `simd` (the caller's ISA choice allows AVX2) and the CPU has F16C.
+inline bool use_f16c(bool simd) {
+#if LMINI_ROW_CONVERT_F16C
+  return simd && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
 inline HalfRowFn pick_half_row_fn(bool simd) {
 #if LMINI_ROW_CONVERT_F16C
-  if (simd && __builtin_cpu_supports("f16c")) return half_row_f16c;
+  if (use_f16c(simd)) return half_row_f16c;
 #endif
   return half_row_scalar;
 }
@@ -64,7 +72,7 @@ __attribute__((target("avx2,f16c"))) inline void half_store_f16c(const float* sr
 
 inline HalfStoreFn pick_half_store_fn(bool simd) {
 #if LMINI_ROW_CONVERT_F16C
-  if (simd && __builtin_cpu_supports("f16c")) return half_store_f16c;
+  if (use_f16c(simd)) return half_store_f16c;
 #endif
   return half_store_scalar;
 }

@@ -51,14 +51,14 @@ LMINI_CPU_CLONES void softmax_row(const float* in, float* out, int64_t n, float 
 
 template <typename T>
 void row_softmax_rows(const T* x, T* y, int64_t rows, int64_t cols, float scale) {
+  // Half types: convert once (F16C for fp16, row_convert.h), compute in fp32, convert back.
+  const HalfRowFn load_half = pick_half_row_fn(true);
+  const HalfStoreFn store_half = pick_half_store_fn(true);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<T, float>) {
       for (int64_t r = begin; r < end; ++r) softmax_row(x + r * cols, y + r * cols, cols, scale);
     } else {
-      // Half types: convert once (F16C for fp16, row_convert.h), compute in fp32, convert back.
       std::vector<float> buf(cols);
-      const HalfRowFn load_half = pick_half_row_fn(true);
-      const HalfStoreFn store_half = pick_half_store_fn(true);
       for (int64_t r = begin; r < end; ++r) {
         const T* xr = x + r * cols;
         T* yr = y + r * cols;
