@@ -126,13 +126,6 @@ def core_backward(
     return dx.to(x.dtype), da, dp.contiguous()
 
 
-# Rows (images x queries) up to which the CPU epilogue runs the C++ op (one parallel region,
-# per-row GEMVs) instead of torch's batched GEMMs. 0: never. On the AVX2 EPYC of 2026-12-02
-# (2 threads) torch's GEMMs won at every size: 1 row 0.27 vs 1.0 ms, 64 rows 3.1 vs 7.1 ms,
-# 256 rows 8.8 vs 28.6 ms (the epilogue alone, D = 1024, 8 heads, best of 10).
-CPU_EPILOGUE_MAX_ROWS = 0
-
-
 def epilogue(
     acc: torch.Tensor, f: Folded, out_proj_weight: torch.Tensor, out_proj_bias: torch.Tensor, num_heads: int
 ) -> torch.Tensor:
@@ -140,14 +133,10 @@ def epilogue(
     projection (gamma-folded) after the weighted sum, then out_proj."""
     batch, k, dim = acc.shape
     nq = k // num_heads
-    cpu_fp32 = acc.device.type == "cpu" and acc.dtype == torch.float32 and f.wv.dtype == torch.float32
-    if cpu_fp32 and batch * nq <= CPU_EPILOGUE_MAX_ROWS:
-        from lmini_kernels.ops.compress.core import has_cpu_epilogue
-
-        if has_cpu_epilogue():  # one parallel region instead of three GEMM/copy ops
-            wo, bo = out_proj_weight.to(acc.dtype), out_proj_bias.to(acc.dtype)
-            out = torch.ops.lmini.compress_epilogue(acc.view(batch * nq, num_heads, dim), f.wv, f.bv, wo, bo)
-            return out.view(batch, nq, dim)
+    # Every backend, CPU included: torch's batched GEMMs beat the C++ op lmini::compress_epilogue
+    # (one parallel region of per-row GEMVs) at every size on the AVX2 EPYC of 2026-12-02, 2
+    # threads, D = 1024, 8 heads: 1 row 0.27 vs 1.0 ms, 64 rows 3.1 vs 7.1 ms, 256 rows 8.8 vs
+    # 28.6 ms. The op stays registered and tested (tests/compress/test_compress_cpu.py).
     z = acc.view(batch * nq, num_heads, dim).transpose(0, 1)  # (H, B*Q, D)
     # Bias fused into the batched GEMM and into out_proj's GEMM: few ops, few parallel regions.
     o = torch.baddbmm(f.bv.view(num_heads, 1, dim // num_heads), z, f.wv.transpose(1, 2))  # (H, B*Q, dh)
