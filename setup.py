@@ -18,6 +18,7 @@ installed (build isolation would fetch another torch, several GB, maybe another 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import platform
@@ -33,8 +34,15 @@ ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+def _load_env_module():
+    """lmini_kernels/env.py on its own (it imports nothing from the package): the one flag rule."""
+    spec = importlib.util.spec_from_file_location("lmini_env", ROOT / "lmini_kernels" / "env.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_env_flag = _load_env_module().flag
 
 
 def find_cuda_home() -> Path | None:
@@ -171,10 +179,11 @@ def main() -> None:
         )
 
     packages = find_packages(include=["lmini_kernels", "lmini_kernels.*"])
-    packages += find_packages(where="python", include=["llava_mini", "llava_mini.*"])
+    # python/: the reference model (llava_mini) and the tools above library and model (lmini_tools)
+    above = find_packages(where="python", include=["llava_mini", "llava_mini.*", "lmini_tools", "lmini_tools.*"])
     setup(
-        packages=packages,
-        package_dir={"llava_mini": "python/llava_mini"},
+        packages=packages + above,
+        package_dir={top: f"python/{top}" for top in ("llava_mini", "lmini_tools")},
         ext_modules=ext_modules,
         cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from lmini_kernels.bench.cli import main
+from lmini_tools.bench.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["compress", *sys.argv[1:]]))

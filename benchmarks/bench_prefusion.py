@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from lmini_kernels.bench.cli import main
+from lmini_tools.bench.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main(["prefusion", *sys.argv[1:]]))

@@ -15,8 +15,10 @@ import time
 
 import torch
 
-from lmini_kernels.bench.harness import cpu_name
-from lmini_kernels.bench.prefusion import (
+from lmini_kernels.ops.prefusion_attention import prefusion_attention
+from lmini_kernels.ops.prefusion_attention.reference import visible_mask
+from lmini_tools.bench.harness import cpu_name
+from lmini_tools.bench.prefusion import (
     N_COMPRESSED,
     N_TEXT,
     N_VISION,
@@ -25,9 +27,6 @@ from lmini_kernels.bench.prefusion import (
     _sdpa,
     video_chunk,
 )
-from lmini_kernels.modules.prefusion import FusedPreFusion
-from lmini_kernels.ops.prefusion_attention import prefusion_attention
-from lmini_kernels.ops.prefusion_attention.reference import visible_mask
 
 
 def interleave(cases: dict[str, dict[str, object]], repeats: int) -> None:
@@ -54,7 +53,7 @@ def main() -> int:
     args = ap.parse_args()
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32")
     model = _model("cpu", torch.float32)
-    fused = FusedPreFusion.from_model(model, backend="cpu")
+    fused = model.fused_prefusion(backend="cpu")
     h = model.config.text.hidden_size
     vision, comp, text = (torch.randn(1, k, h) for k in (N_VISION, N_COMPRESSED, N_TEXT))
     pad = torch.zeros(1, N_TEXT, dtype=torch.bool)

@@ -35,16 +35,16 @@ step() {
 
 nvidia-smi >"$dest/nvidia-smi.txt" 2>&1
 step build env MAX_JOBS="${MAX_JOBS:-16}" "$PY" -m pip install --no-build-isolation --no-deps -e .
-step info "$PY" -m lmini_kernels.cli info -v
+step info "$PY" -m lmini_tools.cli info -v
 step gpu_tests env LMINI_TEST_GPU=1 "$PY" -m pytest -q -m gpu tests
-step bench_compress "$PY" -m lmini_kernels.cli bench compress --device cuda --out "$dest"
-step bench_prefusion "$PY" -m lmini_kernels.cli bench prefusion --device cuda --out "$dest"
-step profile_flops "$PY" -m lmini_kernels.cli profile flops
-step profile_memory "$PY" -m lmini_kernels.cli profile memory --measure-gpu
+step bench_compress "$PY" -m lmini_tools.cli bench compress --device cuda --out "$dest"
+step bench_prefusion "$PY" -m lmini_tools.cli bench prefusion --device cuda --out "$dest"
+step profile_flops "$PY" -m lmini_tools.cli profile flops
+step profile_memory "$PY" -m lmini_tools.cli profile memory --measure-gpu
 shopt -s nullglob
 bench_json=("$dest"/*.json)
 if [ ${#bench_json[@]} -gt 0 ]; then
-  step roofline "$PY" -m lmini_kernels.cli profile roofline --out "$dest" "${bench_json[@]}"
+  step roofline "$PY" -m lmini_tools.cli profile roofline --out "$dest" "${bench_json[@]}"
 fi
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/gpu-session.tgz" "$dest"

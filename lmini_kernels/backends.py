@@ -7,13 +7,13 @@ speed order, passing its own run functions and limits.
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Callable
 
 import torch
 
 from lmini_kernels import _ext
-from lmini_kernels.dispatch import FLOAT_DTYPES, Backend, cuda_emulate, triton_interpret
+from lmini_kernels.dispatch import FLOAT_DTYPES, Backend
+from lmini_kernels.env import cuda_emulate, triton_interpret
 
 # The interpreter computes bf16 on raw bits (verification.md): refuse it there.
 INTERPRETER_DTYPES = frozenset({torch.float32, torch.float16})
@@ -98,12 +98,3 @@ def cuda_backend(
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 """The ``lmini::DType`` codes of csrc/include/lmini/launchers.h."""
-
-
-def new_output(shape, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """An uninitialised output tensor; filled with NaN when ``LMINI_POISON_OUTPUTS=1`` (the
-    tests set it) so that an element a kernel forgets to write fails the comparison."""
-    out = torch.empty(shape, dtype=dtype, device=device)
-    if os.environ.get("LMINI_POISON_OUTPUTS", "0") == "1" and out.is_floating_point():
-        out.fill_(float("nan"))
-    return out

@@ -20,8 +20,7 @@ Two verification routes run GPU kernels on CPU tensors and are never chosen by `
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -32,16 +31,6 @@ FLOAT_DTYPES = frozenset({torch.float32, torch.float16, torch.bfloat16})
 
 class NotSupportedError(ValueError):
     """An explicitly requested backend cannot run the given inputs; the message says why."""
-
-
-def triton_interpret() -> bool:
-    """True when Triton kernels run through the interpreter on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def cuda_emulate() -> bool:
-    """True when ``backend="cuda"`` runs the kernels on CPU tensors through the host SIMT layer."""
-    return os.environ.get("LMINI_CUDA_EMULATE", "0") == "1"
 
 
 @dataclass
@@ -162,41 +151,3 @@ def available_backends(op: str) -> list[str]:
         known = ", ".join(sorted(REGISTRIES))
         raise KeyError(f"unknown op {op!r}; known ops: {known}")
     return REGISTRIES[op].available()
-
-
-def check_tensor(
-    name: str,
-    t: object,
-    *,
-    ndim: int | None = None,
-    shape: Sequence[int | None] | None = None,
-    floating: bool = True,
-) -> torch.Tensor:
-    """Raise a ValueError naming ``name`` when ``t`` is not a tensor of the expected rank/shape.
-
-    ``shape`` entries of None match any size.
-    """
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(t.shape)}")
-    if shape is not None:
-        if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape, strict=False)):
-            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-            raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
-    if floating and not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-    return t
-
-
-def check_same(names_tensors: Iterable[tuple[str, torch.Tensor | None]], *, dtype: bool = True) -> None:
-    """Raise when the tensors are on different devices or (if ``dtype``) have different dtypes."""
-    items = [(n, t) for n, t in names_tensors if t is not None]
-    if not items:
-        return
-    n0, t0 = items[0]
-    for n, t in items[1:]:
-        if t.device != t0.device:
-            raise ValueError(f"{n} is on {t.device} but {n0} is on {t0.device}; all inputs must be on one device")
-        if dtype and t.dtype != t0.dtype:
-            raise TypeError(f"{n} has dtype {t.dtype} but {n0} has {t0.dtype}; all inputs must share one dtype")

@@ -66,7 +66,7 @@ def test_unavailable_backend_says_how_to_fix(monkeypatch):
 
 def test_lmini_info_prints_backends():
     out = subprocess.run(
-        [sys.executable, "-m", "lmini_kernels.cli", "info", "-v"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "lmini_tools.cli", "info", "-v"], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr
     text = out.stdout

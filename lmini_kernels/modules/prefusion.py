@@ -191,19 +191,6 @@ class FusedPreFusion(nn.Module):
                 setattr(dst.get_submodule(owner), leaf, p)
         return m
 
-    @classmethod
-    def from_model(cls, model: nn.Module, *, backend: str | None = None) -> FusedPreFusion:
-        """From a reference ``llava_mini.LlavaMini`` (shares its pre-fusion parameters)."""
-        t = model.config.text
-        return cls.from_layers(
-            model.model.prefusion_layers,
-            num_heads=t.num_heads,
-            num_kv_heads=t.num_kv_heads,
-            rms_norm_eps=t.rms_norm_eps,
-            inv_freq=model.model.rotary_emb.inv_freq,
-            backend=model.backend if backend is None else backend,
-        )
-
     # ------------------------------------------------------------------ building blocks
     def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (B, L, 1, d), computed in float32 and cast, as the reference does."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmini_kernels.checks import square_root
 from lmini_kernels.ops.compress.api import compress, fold_for
 from lmini_kernels.ops.compress.folded import Folded
 from lmini_kernels.ops.compress.positions import compress_positions, get_2d_sincos_pos_embed
@@ -114,11 +115,11 @@ class FusedResampler(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected a (B, N, kv_dim) tensor, got {shape}")
         n = x.shape[1]
-        folded = self.folded(n) if _is_square(n) and x.dtype == self.query.dtype else None
+        folded = self.folded(n) if square_root(n) is not None and x.dtype == self.query.dtype else None
         if folded is not None:
             pos_k = folded.pos_k  # cached with the fold (the bicubic resize is not free)
         else:
-            pos_k = compress_positions(self.pos_embed, n) if _is_square(n) else self.pos_embed[:0]
+            pos_k = compress_positions(self.pos_embed, n) if square_root(n) is not None else self.pos_embed[:0]
         a = self.attn
         return compress(
             x, self.query, self.pos_embed, pos_k, self.ln_q.weight, self.ln_q.bias, self.ln_kv.weight, self.ln_kv.bias,
@@ -129,8 +130,3 @@ class FusedResampler(nn.Module):
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, embed_dim={self.embed_dim}, num_heads={self.num_heads}"
-
-
-def _is_square(n: int) -> bool:
-    r = int(round(n**0.5))
-    return n >= 1 and r * r == n

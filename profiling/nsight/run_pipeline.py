@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         print("run_pipeline.py: no CUDA GPU (torch.cuda.is_available() is False)", file=sys.stderr)
         return 2
     from llava_mini import LlavaMini, LlavaMiniConfig
-
-    from lmini_kernels.profiling import memory, nvtx
+    from lmini_kernels import nvtx
+    from lmini_tools.profiling import memory
 
     cfg = memory.reduced_config() if args.config == "reduced" else LlavaMiniConfig.from_name(args.config)
     torch.set_default_dtype(torch.float16)
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         model = LlavaMini(cfg).eval()  # random init directly on the GPU
     torch.set_default_dtype(torch.float32)
     model.materialize_buffers("cuda")
-    nvtx.annotate_model(model)
+    nvtx.annotate_modules((s.label, s.module) for s in model.stages())
     req = memory.Request(text_tokens=args.text_tokens, new_tokens=args.new_tokens, frames=max(1, args.frames))
     if args.frames == 0:
         run = lambda: memory.image_request(model, None, req)  # noqa: E731

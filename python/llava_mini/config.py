@@ -15,7 +15,6 @@ pre-fusion layers follow the official ``build_compressor``.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 __all__ = ["VisionConfig", "RopeScaling", "TextConfig", "LlavaMiniConfig", "IMAGE_TOKEN_INDEX"]
@@ -268,11 +267,3 @@ _CONFIGS = {
         name="llava-mini-llama3.1-8b", vision=CLIP_L14_336, text=LLAMA31_8B
     ),
 }
-
-
-def isqrt_exact(n: int) -> int:
-    """Integer square root of a perfect square (raises otherwise)."""
-    r = math.isqrt(n)
-    if r * r != n:
-        raise ValueError(f"{n} is not a perfect square")
-    return r

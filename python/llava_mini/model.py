@@ -15,17 +15,19 @@ the paper; see each method's docstring.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 import lmini_kernels
+from lmini_kernels.checks import square_side
 
 from .clip import CLIPVisionTower
-from .config import IMAGE_TOKEN_INDEX, LlavaMiniConfig, isqrt_exact
+from .config import IMAGE_TOKEN_INDEX, LlavaMiniConfig
 from .llama import KVCache, LlamaDecoderLayer, RMSNorm, RotaryEmbedding, cached_attention
 
-__all__ = ["LlavaMini", "LlavaMiniModel", "Resampler", "retile_hd", "MultimodalInputs"]
+__all__ = ["LlavaMini", "LlavaMiniModel", "Resampler", "retile_hd", "MultimodalInputs", "StageModule"]
 
 
 class Resampler(nn.Module):
@@ -100,11 +102,20 @@ def retile_hd(features: torch.Tensor, ratio: int) -> torch.Tensor:
     ``view(...).transpose(2, 3)`` re-tiling (with its ``split_ratio`` fixed at 1).
     """
     b, parts, n, d = features.shape
-    g = isqrt_exact(n)
+    g = square_side(n, "features.shape[2] (tokens per sub-image)")
     if parts != ratio * ratio:
         raise ValueError(f"expected {ratio * ratio} sub-images, got {parts}")
     x = features.reshape(b, ratio, ratio, g, g, d).permute(0, 1, 3, 2, 4, 5)  # (b, bi, r, bj, c, d)
     return x.reshape(b, ratio * g * ratio * g, d)
+
+
+class StageModule(NamedTuple):
+    """One module of a pipeline stage (:meth:`LlavaMini.stages`)."""
+
+    stage: str  # "vit", "compression", "projector", "prefusion", "embed", "llm", "norm", "lm_head"
+    label: str  # the stage, or "<stage>.<i>" for the i-th layer of a stage made of layers
+    path: str  # the module's path from the model ("model.layers.7")
+    module: nn.Module
 
 
 class MultimodalInputs:
@@ -154,13 +165,48 @@ class LlavaMini(nn.Module):
         super().__init__()
         self.config = config
         self.backend = backend
-        #: None: pre-fusion through FusedPreFusion whenever ``backend != "reference"``; False: the
-        #: official computation always (profilers measuring the official pipeline set this).
-        self.use_fused_prefusion: bool | None = None
         self.model = LlavaMiniModel(config)
         self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
 
+    #: The pipeline's stages, in order, and the submodules (paths from this model) that run them.
+    #: Profilers, NVTX ranges and the memory suite read :meth:`stages`, never attribute names.
+    STAGES: dict[str, tuple[str, ...]] = {
+        "vit": ("model.vision_tower",),
+        "compression": ("model.compressor",),
+        "projector": ("model.mm_projector",),
+        "prefusion": ("model.prefusion_layers",),
+        "embed": ("model.embed_tokens",),
+        "llm": ("model.layers",),
+        "norm": ("model.norm",),
+        "lm_head": ("lm_head",),
+    }
+
+    #: Frames per batched pre-fusion chunk on the fused video path, per device type: on a CPU
+    #: larger chunks' activations fall out of the caches (``lmini bench prefusion``).
+    VIDEO_CHUNK_FRAMES: dict[str, int] = {"cuda": 16, "cpu": 4}
+
+    #: ``prefusion=`` values of the encoding methods: "auto" takes "fused" unless the backend is
+    #: "reference"; "official" runs every row of every layer (the official computation).
+    PREFUSION_PATHS = ("auto", "fused", "official")
+
     # ----------------------------------------------------------------- utilities
+    def stages(self) -> list[StageModule]:
+        """Every module of :attr:`STAGES` present in this model, in pipeline order; a ModuleList
+        gives one entry per layer (label ``<stage>.<i>``, path ``<path>.<i>``). Stages the
+        config lacks (the LLaVA-v1.5 baseline has no compressor and no pre-fusion) are absent."""
+        out: list[StageModule] = []
+        for stage, paths in self.STAGES.items():
+            for path in paths:
+                try:
+                    mod = self.get_submodule(path)
+                except AttributeError:
+                    continue
+                if isinstance(mod, nn.ModuleList):
+                    out += [StageModule(stage, f"{stage}.{i}", f"{path}.{i}", m) for i, m in enumerate(mod)]
+                else:
+                    out.append(StageModule(stage, stage, path, mod))
+        return out
+
     @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
@@ -260,30 +306,39 @@ class LlavaMini(nn.Module):
             compressed, _ = self.compress(clip)
             vision = self.project(clip)
         else:
-            ratio = isqrt_exact(parts - 1)
+            ratio = square_side(parts - 1, "images.shape[1] - 1 (HD sub-images)")
             clip = clip.unflatten(0, (b, parts))
             compressed, _ = self.compress(retile_hd(clip[:, :-1], ratio))
             sub = retile_hd(self.project(clip[:, :-1]), ratio)
             vision = torch.cat([sub, self.project(clip[:, -1])], dim=1)
         return vision, self.project(compressed)
 
-    def _fused_prefusion_on(self) -> bool:
-        if self.use_fused_prefusion is None:
-            return self.backend != "reference"
-        return self.use_fused_prefusion
+    def _fused_prefusion_on(self, prefusion: str) -> bool:
+        if prefusion not in self.PREFUSION_PATHS:
+            raise ValueError(f"prefusion: expected one of {self.PREFUSION_PATHS}, got {prefusion!r}")
+        return prefusion == "fused" or (prefusion == "auto" and self.backend != "reference")
 
-    def fused_prefusion(self) -> lmini_kernels.FusedPreFusion:
+    def fused_prefusion(self, *, backend: str | None = None) -> lmini_kernels.FusedPreFusion:
         """A :class:`lmini_kernels.FusedPreFusion` sharing this model's pre-fusion parameters
-        (cheap to build: no copy), with this model's backend."""
-        return lmini_kernels.FusedPreFusion.from_model(self)
+        (cheap to build: no copy), with this model's backend unless ``backend`` is given."""
+        t = self.config.text
+        return lmini_kernels.FusedPreFusion.from_layers(
+            self.model.prefusion_layers,
+            num_heads=t.num_heads,
+            num_kv_heads=t.num_kv_heads,
+            rms_norm_eps=t.rms_norm_eps,
+            inv_freq=self.model.rotary_emb.inv_freq,
+            backend=self.backend if backend is None else backend,
+        )
 
     @property
     def video_chunk_frames(self) -> int:
-        """Frames per batched pre-fusion chunk on the fused path: 16 on a GPU, 4 on a CPU (where
-        larger chunks' activations fall out of the caches; see ``lmini_kernels.bench.prefusion``)."""
-        return 16 if self.device.type == "cuda" else 4
+        """Frames per batched pre-fusion chunk on this model's device (:attr:`VIDEO_CHUNK_FRAMES`)."""
+        return self.VIDEO_CHUNK_FRAMES.get(self.device.type, self.VIDEO_CHUNK_FRAMES["cpu"])
 
-    def encode_images_mini(self, images: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_images_mini(
+        self, images: torch.Tensor, input_ids: torch.Tensor, *, prefusion: str = "auto"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One image (or frame) per sample through CLIP, compressor, projector and pre-fusion.
 
         images (B, parts, 3, H, W); input_ids (B, L). Returns (compressed vision tokens
@@ -295,15 +350,16 @@ class LlavaMini(nn.Module):
         their raw embeddings back. The paper's figure suggests vision tokens also go through
         pre-fusion; the code discards the CLIP rows and keeps only the C*C compressed ones.
 
-        With ``backend="reference"`` the pre-fusion runs every row of every layer through
-        :meth:`prefusion` (the official computation); with any other backend it runs through
-        :class:`lmini_kernels.FusedPreFusion` (last layer pruned to the kept rows), which gives
-        the same kept rows.
+        ``prefusion`` (:attr:`PREFUSION_PATHS`): "official" (and "auto" with
+        ``backend="reference"``) runs every row of every layer through :meth:`prefusion`;
+        "fused" (and "auto" with any other backend) runs :class:`lmini_kernels.FusedPreFusion`
+        (last layer pruned to the kept rows), which gives the same kept rows.
         """
+        fused = self._fused_prefusion_on(prefusion)
         text = self.embed(input_ids)
         padding = input_ids <= 0
         vision, compressed = self.vision_prefix(images)
-        if self._fused_prefusion_on():
+        if fused:
             return self.fused_prefusion()(vision, compressed, text, padding)
         b = images.shape[0]
         x = torch.cat([vision, compressed, text], dim=1)
@@ -338,22 +394,29 @@ class LlavaMini(nn.Module):
             raise ValueError("the LLaVA-v1.5 baseline takes one view per image")
         return self.project(self.encode_images(images[:, 0])), self.embed(input_ids)
 
-    def encode_multimodal(self, input_ids: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_multimodal(
+        self, input_ids: torch.Tensor, images: torch.Tensor, *, prefusion: str = "auto"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dispatch image / HD / video -> (vision tokens (B, V, hidden), text features (B, L, hidden)).
 
         Video (6-D images): like the official code, every frame runs the full per-image path
         with the same text; vision tokens are concatenated in frame order and the fused text is
-        the float32 mean over frames, cast back. With ``backend="reference"`` one frame at a time
-        (the official loop); otherwise in batched chunks (:meth:`encode_video_fused`).
+        the float32 mean over frames, cast back. On the official pre-fusion path (``prefusion``
+        as in :meth:`encode_images_mini`) one frame at a time, the official loop; on the fused
+        path in batched chunks (:meth:`encode_video_fused`).
         """
+        fused = self._fused_prefusion_on(prefusion)
         if images.dim() == 4:
             images = images.unsqueeze(1)
-        encode = self.encode_images_mini if self.config.is_mini else self.encode_images_baseline
+        if self.config.is_mini:
+            encode = functools.partial(self.encode_images_mini, prefusion="fused" if fused else "official")
+        else:
+            encode = self.encode_images_baseline
         if images.dim() == 5:
             return encode(images, input_ids)
         if images.dim() != 6:
             raise ValueError(f"images must be 4-, 5- or 6-D, got shape {tuple(images.shape)}")
-        if self.config.is_mini and self._fused_prefusion_on():
+        if self.config.is_mini and fused:
             return self.encode_video_fused(input_ids, images)
         tokens, text_sum = [], None
         for t in range(images.shape[1]):

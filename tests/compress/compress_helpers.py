@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 import lmini_kernels as lk
-from lmini_kernels.ops.compress.official import OfficialResampler  # noqa: F401  (re-exported for the tests)
 from lmini_kernels.ops.compress.reference import compress_reference
+from lmini_tools.baselines import OfficialResampler  # noqa: F401  (re-exported for the tests)
 
 PARAM_ORDER = ("query", "pos_q", "pos_k", "ln_q_weight", "ln_q_bias", "ln_kv_weight", "ln_kv_bias",
                "in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias")  # fmt: skip

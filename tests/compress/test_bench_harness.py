@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from lmini_kernels.bench import cli, harness
+from lmini_tools.bench import cli, harness
 
 
 def test_measure_write_and_plot(tmp_path):

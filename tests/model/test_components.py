@@ -8,6 +8,7 @@ import naive_llava as naive
 import pytest
 import torch
 from conftest import build
+
 from llava_mini.config import RopeScaling
 from llava_mini.llama import KVCache, cached_attention, llama3_inv_freq
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import build
+
 from llava_mini import LlavaMini, LlavaMiniConfig, num_parameters
 
 REAL = ["llava-v1.5-7b", "llava-mini-vicuna-7b", "llava-mini-hd-vicuna-7b", "llava-mini-llama3.1-8b"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import build, make_ids
-from llava_mini import demo
 
 import lmini_kernels
+from llava_mini import demo
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:

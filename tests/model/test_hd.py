@@ -5,6 +5,7 @@ from __future__ import annotations
 import naive_llava as naive
 import torch
 from conftest import build, make_ids
+
 from llava_mini import retile_hd
 
 

@@ -6,6 +6,7 @@ import naive_llava as naive
 import pytest
 import torch
 from conftest import build, make_ids
+
 from llava_mini import IMAGE_TOKEN_INDEX
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build, make_ids
-from llava_mini import LlavaMini, LlavaMiniConfig, WeightLoadError, load_weights, save_weights
 from safetensors.torch import load_file, save_file
+
+from llava_mini import LlavaMini, LlavaMiniConfig, WeightLoadError, load_weights, save_weights
 
 
 @pytest.mark.parametrize("name, shard", [("tiny", None), ("tiny-hd", 20_000), ("tiny-baseline", None)])

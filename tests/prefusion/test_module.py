@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from llava_mini import IMAGE_TOKEN_INDEX, LlavaMini, LlavaMiniConfig
 from utils import assert_close, rel_error
 
+from llava_mini import IMAGE_TOKEN_INDEX, LlavaMini, LlavaMiniConfig
 from lmini_kernels.modules.prefusion import FusedPreFusion
 
 
@@ -61,7 +61,7 @@ def test_image_and_hd_match_reference(name: str) -> None:
         ref_vis, ref_text = model.encode_images_mini(images, ids)
         vision, compressed, text, pad = split(model, *calls[0], n)
         assert torch.equal(pad, ids <= 0)
-        fused = FusedPreFusion.from_model(model, backend="cpu")
+        fused = model.fused_prefusion(backend="cpu")
         vis, txt = fused(vision, compressed, text, pad)
     assert_close(vis, ref_vis.double())
     assert_close(txt, ref_text.double())
@@ -73,7 +73,7 @@ def test_cache_serves_several_questions() -> None:
     model = build("tiny-c2")
     cfg = model.config
     images = torch.randn(1, 1, 3, 28, 28)
-    fused = FusedPreFusion.from_model(model, backend="cpu")
+    fused = model.fused_prefusion(backend="cpu")
     calls = capture_prefusion(model)
     with torch.no_grad():
         model.encode_images_mini(images, make_ids(1, 5, cfg.text.vocab_size))
@@ -89,7 +89,7 @@ def test_cache_serves_several_questions() -> None:
 
 def test_one_pass_returns_the_prefill_cache() -> None:
     model = build("tiny-llama3")
-    fused = FusedPreFusion.from_model(model, backend="cpu")
+    fused = model.fused_prefusion(backend="cpu")
     h = model.config.text.hidden_size
     vision, comp, text = torch.randn(2, 16, h), torch.randn(2, 1, h), torch.randn(2, 9, h)
     pad = torch.zeros(2, 9, dtype=torch.bool)
@@ -111,7 +111,7 @@ def test_pruned_last_layer_equals_full_rows() -> None:
     """The cache's compressed rows equal the full computation's, and changing the vision rows
     changes them (the test can see a wrong prefix)."""
     model = build("tiny-c2")
-    fused = FusedPreFusion.from_model(model, backend="reference")
+    fused = model.fused_prefusion(backend="reference")
     h = model.config.text.hidden_size
     vision, comp, text = torch.randn(2, 16, h), torch.randn(2, 4, h), torch.randn(2, 6, h)
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_video_batched_frames_match_reference_loop(chunk: int) -> None:
         vision = torch.stack([p[0] for p in parts], 1)
         comp = torch.stack([p[1] for p in parts], 1)
         text, pad = parts[0][2], parts[0][3]
-        fused = FusedPreFusion.from_model(model, backend="cpu")
+        fused = model.fused_prefusion(backend="cpu")
         chunks = ((vision[:, t : t + chunk], comp[:, t : t + chunk]) for t in range(0, frames, chunk))
         tokens, txt = fused.fuse_video(chunks, text, pad)
     assert tokens.shape == ref_tokens.shape == (b, frames * cfg.num_queries, cfg.text.hidden_size)
@@ -155,15 +155,15 @@ def test_attention_backends_agree(backend: str) -> None:
     pad = torch.zeros(2, 7, dtype=torch.bool)
     pad[1, 4:] = True
     with torch.no_grad():
-        ref = FusedPreFusion.from_model(model, backend="reference")(vision, comp, text, pad)
-        out = FusedPreFusion.from_model(model, backend=backend)(vision, comp, text, pad)
+        ref = model.fused_prefusion(backend="reference")(vision, comp, text, pad)
+        out = model.fused_prefusion(backend=backend)(vision, comp, text, pad)
     for o, r in zip(out, ref, strict=True):
         assert_close(o, r.double())
 
 
 def test_shares_parameters_and_loads_hf_names() -> None:
     model = build("tiny")
-    fused = FusedPreFusion.from_model(model)
+    fused = model.fused_prefusion()
     assert fused.layers[0].self_attn.q_proj.weight is model.model.prefusion_layers[0].self_attn.q_proj.weight
     keys = set(fused.state_dict())
     assert keys == {f"layers.{k}" for k in model.model.prefusion_layers.state_dict()}
@@ -186,7 +186,7 @@ def test_shares_parameters_and_loads_hf_names() -> None:
 
 def test_bad_inputs_name_the_argument() -> None:
     model = build("tiny")
-    fused = FusedPreFusion.from_model(model)
+    fused = model.fused_prefusion()
     h = model.config.text.hidden_size
     v, c, t = torch.randn(2, 16, h), torch.randn(2, 1, h), torch.randn(2, 5, h)
     with pytest.raises(ValueError, match="vision_tokens"):
@@ -223,7 +223,7 @@ def test_flops_at_vicuna_7b_shapes_on_meta() -> None:
     t = cfg.text
     with torch.device("meta"):
         model = LlavaMini(cfg, backend="reference")
-    fused = FusedPreFusion.from_model(model)
+    fused = model.fused_prefusion()
     h, nv, nq, n = t.hidden_size, 576, 1, 43
     vision, comp, text = (torch.empty(1, k, h, device="meta") for k in (nv, nq, n))
     pad = torch.zeros(1, n, dtype=torch.bool, device="meta")

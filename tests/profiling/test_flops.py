@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lmini_kernels.profiling import flops
-from lmini_kernels.profiling.cli import main as profile_main
+from lmini_tools.profiling import flops
+from lmini_tools.profiling.cli import main as profile_main
 
 CASES = {c.name: c for c in flops.MODEL_CASES + flops.ABLATION_CASES}
 
@@ -163,7 +163,7 @@ def test_fused_prefusion_closed_form():
 
 def test_lmini_profile_entry_point(capsys):
     """`lmini profile flops ...` reaches this suite through the top-level CLI."""
-    from lmini_kernels.cli import main as lmini_main
+    from lmini_tools.cli import main as lmini_main
 
     assert lmini_main(["profile", "flops", "--json", "--no-ablations", "--text-tokens", "10"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from lmini_kernels.profiling import memory as M
-from lmini_kernels.profiling.cli import main as profile_main
+from lmini_tools.profiling import memory as M
+from lmini_tools.profiling.cli import main as profile_main
 
 REQ = M.Request(text_tokens=11, new_tokens=4, frames=6, chunk_frames=4, prefill_chunk=8)
 PIPES = {

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import lmini_kernels
-from lmini_kernels.profiling import nvtx
+from lmini_kernels import nvtx
 
 ROOT = Path(__file__).resolve().parents[2]
 NSIGHT = ROOT / "profiling" / "nsight"
@@ -37,14 +37,14 @@ def test_off_means_no_wrapper():
 
     assert nvtx.annotate("x")(f) is f
     assert nvtx.range("a") is nvtx.range("b")  # one shared no-op context
-    assert nvtx.annotate_model(torch.nn.Linear(2, 2)) == []
+    assert nvtx.annotate_modules([("x", torch.nn.Linear(2, 2))]) == []
 
 
 def test_ranges_when_on(monkeypatch):
     """With LMINI_NVTX=1 every public op call and every model stage pushes and pops one range."""
     code = r"""
 import json, torch
-import lmini_kernels.profiling.nvtx as n
+import lmini_kernels.nvtx as n
 calls = []
 n._push = lambda s: calls.append(s)
 n._pop = lambda: calls.append("pop")
@@ -54,7 +54,7 @@ lmini_kernels.row_softmax(torch.randn(3, 5), backend="reference")
 q = torch.randn(1, 2, 2, 8); k = torch.randn(1, 4, 2, 8)
 lmini_kernels.prefusion_attention(q, k, k, backend="reference")
 m = LlavaMini(LlavaMiniConfig.from_name("tiny"), backend="reference").eval()
-n.annotate_model(m)
+n.annotate_modules((s.label, s.module) for s in m.stages())
 ids = torch.ones(1, 5, dtype=torch.long); ids[0, 0] = -200
 with torch.no_grad(), n.range("lmini.pipeline.test"):
     m.encode_multimodal(ids, torch.randn(1, 3, 28, 28))

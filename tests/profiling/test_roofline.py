@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lmini_kernels.profiling import roofline
-from lmini_kernels.profiling.cli import main as profile_main
+from lmini_tools.profiling import roofline
+from lmini_tools.profiling.cli import main as profile_main
 
 RESULTS = {
     "device": "cpu: test",

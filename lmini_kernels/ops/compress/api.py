@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from lmini_kernels.backends import cpu_backend, cuda_backend, reference_backend, triton_backend
-from lmini_kernels.dispatch import check_same, check_tensor, registry
+from lmini_kernels.checks import check_same, check_tensor, square_side
+from lmini_kernels.dispatch import registry
+from lmini_kernels.nvtx import annotate
 from lmini_kernels.ops.compress import core
 from lmini_kernels.ops.compress.folded import (
     Folded,
@@ -15,9 +17,7 @@ from lmini_kernels.ops.compress.folded import (
     epilogue,
     fold,
 )
-from lmini_kernels.ops.compress.positions import square_side
 from lmini_kernels.ops.compress.reference import compress_reference
-from lmini_kernels.profiling.nvtx import annotate
 
 ALGORITHMS = ("auto", "folded", "projected")
 

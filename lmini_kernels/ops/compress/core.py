@@ -23,8 +23,9 @@ from __future__ import annotations
 import torch
 
 from lmini_kernels import _ext
-from lmini_kernels.backends import DTYPE_CODES, new_output
+from lmini_kernels.backends import DTYPE_CODES
 from lmini_kernels.ops.compress.folded import core_backward, core_torch
+from lmini_kernels.outputs import new_output
 
 
 def core_fake(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
+
+from lmini_kernels.checks import square_side
 
 
 def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
@@ -32,14 +32,6 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
     emb_col = _sincos_1d(embed_dim // 2, col.reshape(-1))
     emb_row = _sincos_1d(embed_dim // 2, row.reshape(-1))
     return torch.cat([emb_col, emb_row], dim=1)
-
-
-def square_side(n: int, name: str) -> int:
-    """sqrt(n) for a perfect square n, else a ValueError naming ``name``."""
-    side = math.isqrt(n) if n >= 0 else -1
-    if side < 1 or side * side != n:
-        raise ValueError(f"{name}: expected a square number of tokens (G*G for a G x G grid), got {n}")
-    return side
 
 
 def compress_positions(pos_embed: torch.Tensor, n: int) -> torch.Tensor:

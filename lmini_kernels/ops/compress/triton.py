@@ -29,9 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from lmini_kernels.backends import new_output
 from lmini_kernels.ops.compress.core import core_fake, core_setup
 from lmini_kernels.ops.compress.folded import core_backward
+from lmini_kernels.outputs import new_output
 from lmini_kernels.triton_aot import AotSpec
 
 KT = 8

@@ -5,15 +5,17 @@ from __future__ import annotations
 import torch
 
 from lmini_kernels import _ext
-from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, new_output, reference_backend, triton_backend
-from lmini_kernels.dispatch import check_same, check_tensor, registry
+from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, reference_backend, triton_backend
+from lmini_kernels.checks import check_same, check_tensor
+from lmini_kernels.dispatch import registry
+from lmini_kernels.nvtx import annotate
 from lmini_kernels.ops.prefusion_attention.reference import (
     attention_flops,
     autograd_backward,
     autograd_setup,
     prefusion_attention_reference,
 )
-from lmini_kernels.profiling.nvtx import annotate
+from lmini_kernels.outputs import new_output
 
 # Head dims the compiled kernels take (the reference takes any).
 CPU_MAX_HEAD_DIM = 256

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmini_kernels.backends import new_output
+from lmini_kernels.outputs import new_output
 from lmini_kernels.triton_aot import AotSpec
 
 LOG2E = 1.4426950408889634

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from lmini_kernels import _ext
-from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, new_output, reference_backend, triton_backend
-from lmini_kernels.dispatch import check_tensor, registry
+from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, reference_backend, triton_backend
+from lmini_kernels.checks import check_tensor
+from lmini_kernels.dispatch import registry
+from lmini_kernels.nvtx import annotate
 from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup, row_softmax_reference
-from lmini_kernels.profiling.nvtx import annotate
+from lmini_kernels.outputs import new_output
 
 
 def _run_cpp(x: torch.Tensor, scale: float) -> torch.Tensor:

@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from lmini_kernels.backends import new_output
 from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup
+from lmini_kernels.outputs import new_output
 from lmini_kernels.triton_aot import AotSpec
 
 

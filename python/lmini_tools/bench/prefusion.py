@@ -29,11 +29,10 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from lmini_kernels.bench.harness import BenchContext
 from lmini_kernels.dispatch import registry
-from lmini_kernels.modules.prefusion import FusedPreFusion
 from lmini_kernels.ops.prefusion_attention import prefusion_attention
 from lmini_kernels.ops.prefusion_attention.reference import visible_mask
+from lmini_tools.bench.harness import BenchContext
 
 HEADS, HEAD_DIM = 32, 128
 N_VISION, N_COMPRESSED, N_TEXT = 576, 1, 43
@@ -143,7 +142,7 @@ def run_module(ctx: BenchContext) -> None:
     device = ctx.device
     dtype = torch.float16 if device == "cuda" else torch.float32
     model = _model(device, dtype)
-    fused = FusedPreFusion.from_model(model, backend="auto")
+    fused = model.fused_prefusion(backend="auto")
     hidden = model.config.text.hidden_size
     weight_bytes = sum(p.numel() * p.element_size() for p in model.model.prefusion_layers.parameters())
 

@@ -15,7 +15,7 @@ import sys
 
 
 def _flops(args: argparse.Namespace) -> int:
-    from lmini_kernels.profiling import flops
+    from lmini_tools.profiling import flops
 
     doc = flops.count_all(args.convention, args.text_tokens, ablations=not args.no_ablations)
     print(json.dumps(doc, indent=2) if args.json else flops.format_table(doc))
@@ -23,7 +23,7 @@ def _flops(args: argparse.Namespace) -> int:
 
 
 def _memory(args: argparse.Namespace) -> int:
-    from lmini_kernels.profiling import memory
+    from lmini_tools.profiling import memory
 
     doc = memory.memory_report(gpu_gb=args.gpu_gb, text_tokens=args.text_tokens, measure_gpu=args.measure_gpu)
     print(json.dumps(doc, indent=2) if args.json else memory.format_report(doc))
@@ -31,7 +31,7 @@ def _memory(args: argparse.Namespace) -> int:
 
 
 def _roofline(args: argparse.Namespace) -> int:
-    from lmini_kernels.profiling import roofline
+    from lmini_tools.profiling import roofline
 
     return roofline.main_from_args(args)
 

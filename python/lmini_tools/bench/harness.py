@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+RESULTS_DIR = Path("benchmarks") / "results"  # relative to the working directory
 
 
 def cpu_name() -> str:

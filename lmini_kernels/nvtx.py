@@ -6,8 +6,9 @@ cost at all when off. With ``LMINI_NVTX=1`` set before ``import lmini_kernels``:
 
 * every public op (``compress``, ``prefusion_attention``, ``row_softmax``) pushes
   ``lmini::<op>`` around its call;
-* :func:`annotate_model` adds ``lmini.stage.<stage>`` ranges (vit, compression, projector,
-  prefusion.<i>, llm.<i>, lm_head) through forward hooks on a LLaVA-Mini model's modules;
+* :func:`annotate_modules` adds ``lmini.stage.<label>`` ranges through forward hooks on the
+  modules a model names as its stages (the reference model: ``LlavaMini.stages()``, labels
+  vit, compression, projector, prefusion.<i>, embed, llm.<i>, norm, lm_head);
 * :func:`range` marks any block (``with nvtx.range("lmini.pipeline.prefill"): ...``).
 
 Ranges go through ``torch.cuda.nvtx`` (NVTX is a no-op unless a tool such as Nsight Systems
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
+
+from lmini_kernels.env import flag
 
 F = TypeVar("F", bound=Callable)
 
-ENABLED = os.environ.get("LMINI_NVTX", "0") == "1"
+ENABLED = flag("LMINI_NVTX")  # read once: the decorators are applied at import
 
 _NULL = contextlib.nullcontext()
 
@@ -77,42 +79,19 @@ def range(name: str):  # noqa: A001 - mirrors torch.cuda.nvtx.range
     return _range(name) if ENABLED else _NULL
 
 
-#: Component modules of a LLaVA-Mini model (``model.<attr>``) and their stage names.
-MODEL_STAGES = {
-    "vision_tower": "vit",
-    "compressor": "compression",
-    "mm_projector": "projector",
-    "prefusion_layers": "prefusion",
-    "layers": "llm",
-}
-
-
-def annotate_model(model, *, force: bool = False) -> list:
-    """Forward hooks that push ``lmini.stage.<stage>`` ranges around the model's components
-    (``prefusion.<i>``/``llm.<i>`` per layer, plus ``lm_head``). Returns the hook handles
+def annotate_modules(modules: Iterable[tuple[str, object]], *, force: bool = False) -> list:
+    """Forward hooks that push an NVTX range ``lmini.stage.<label>`` around each module of
+    ``modules`` ((label, nn.Module) pairs; a model describes its own stages, e.g.
+    ``[(s.label, s.module) for s in llava_mini_model.stages()]``). Returns the hook handles
     (empty when ``LMINI_NVTX`` is off, unless ``force``)."""
     if not (ENABLED or force):
         return []
-    from torch import nn
-
-    inner = getattr(model, "model", model)
-    targets: list[tuple[str, nn.Module]] = []
-    for attr, stage in MODEL_STAGES.items():
-        mod = getattr(inner, attr, None)
-        if mod is None:
-            continue
-        if isinstance(mod, nn.ModuleList):
-            targets += [(f"{stage}.{i}", m) for i, m in enumerate(mod)]
-        else:
-            targets.append((stage, mod))
-    if getattr(model, "lm_head", None) is not None:
-        targets.append(("lm_head", model.lm_head))
     handles = []
-    for stage, mod in targets:
-        name = f"lmini.stage.{stage}"
+    for label, mod in modules:
+        name = f"lmini.stage.{label}"
         handles.append(mod.register_forward_pre_hook(lambda *_, n=name: _push(n)))
         handles.append(mod.register_forward_hook(lambda *_: _pop()))
     return handles
 
 
-__all__ = ["ENABLED", "annotate", "annotate_model", "range", "MODEL_STAGES"]
+__all__ = ["ENABLED", "annotate", "annotate_modules", "range"]

@@ -37,7 +37,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from lmini_kernels.profiling import nvtx
+from llava_mini import LlavaMini
+from lmini_kernels import nvtx
 
 GiB = 2**30
 MB = 1e6
@@ -45,14 +46,8 @@ MB = 1e6
 #: The paper's figures (MB per image) next to which the KV table is printed.
 PAPER_KV_MB = {"llava-v1.5-7b": 360.0, "llava-mini-vicuna-7b": 0.6}
 
-#: Component modules -> stage names used for stage peaks.
-STAGE_MODULES = {
-    "vision_tower": "vit",
-    "compressor": "compression",
-    "mm_projector": "projector",
-    "prefusion_layers": "prefusion",
-    "layers": "llm",
-}
+#: The model stages (``LlavaMini.stages``) whose peaks the tracker records.
+TRACKED_STAGES = ("vit", "compression", "projector", "prefusion", "llm")
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -190,15 +185,10 @@ class LiveBytesTracker(TorchDispatchMode):
     def attach(self, model: nn.Module) -> list:
         """Forward hooks on the model's component modules so their peaks are recorded as stages."""
         handles = []
-        inner = getattr(model, "model", model)
-        for attr, stage in STAGE_MODULES.items():
-            mod = getattr(inner, attr, None)
-            if mod is None:
-                continue
-            mods = list(mod) if isinstance(mod, nn.ModuleList) else [mod]
-            for m in mods:
-                handles.append(m.register_forward_pre_hook(lambda *_, s=stage: self._enter(s)))
-                handles.append(m.register_forward_hook(lambda *_, s=stage: self._leave(s)))
+        for st in model.stages():
+            if st.stage in TRACKED_STAGES:
+                handles.append(st.module.register_forward_pre_hook(lambda *_, s=st.stage: self._enter(s)))
+                handles.append(st.module.register_forward_hook(lambda *_, s=st.stage: self._leave(s)))
         return handles
 
     def _enter(self, s: str) -> None:
@@ -237,7 +227,6 @@ def model_bytes(model: nn.Module) -> int:
 
 def build_fake_model(config, dtype: torch.dtype = torch.float16, backend: str = "auto"):
     """(fake_mode, model): the reference model with fake parameters (no memory, no data)."""
-    from llava_mini import LlavaMini
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -260,7 +249,7 @@ class Request:
     text_tokens: int = 43
     new_tokens: int = 8
     frames: int = 1
-    chunk_frames: int = 16
+    chunk_frames: int = LlavaMini.VIDEO_CHUNK_FRAMES["cuda"]  # the memory suite models a GPU
     prefill_chunk: int = 512
 
 
@@ -335,26 +324,14 @@ def llm_phase(
     return last
 
 
-@contextlib.contextmanager
-def _official_prefusion(model):
-    """The official pipelines run the official pre-fusion (every row, one frame at a time)
-    whatever the model's backend."""
-    before = model.use_fused_prefusion
-    model.use_fused_prefusion = False
-    try:
-        yield
-    finally:
-        model.use_fused_prefusion = before
-
-
 def image_request(model, tr, req: Request = Request()) -> torch.Tensor:
     """One image (HD: its views) and a question, official pipeline, then ``new_tokens`` decoded."""
     with _stage(tr, "inputs", "inputs"):
         px = _pixels(model, 1, model.config.image_parts)[:, 0]
         ids = _ids(model, req)
     with torch.no_grad():
-        with _stage(tr, "encode"), _official_prefusion(model):
-            vision, text = model.encode_multimodal(ids, px)
+        with _stage(tr, "encode"):
+            vision, text = model.encode_multimodal(ids, px, prefusion="official")
         return llm_phase(model, tr, vision, text, req, official=True)
 
 
@@ -365,8 +342,8 @@ def video_official(model, tr, req: Request, *, vision_only: bool = False):
         px = _pixels(model, req.frames, 1)
         ids = _ids(model, req)
     with torch.no_grad():
-        with _stage(tr, "encode"), _official_prefusion(model):
-            vision, text = model.encode_multimodal(ids, px)
+        with _stage(tr, "encode"):
+            vision, text = model.encode_multimodal(ids, px, prefusion="official")
         if vision_only:
             return vision
         return llm_phase(model, tr, vision, text, req, official=True)
@@ -377,11 +354,9 @@ def video_streaming(model, tr, req: Request, *, vision_only: bool = False):
     the compressor and the projector, then :meth:`lmini_kernels.modules.FusedPreFusion.fuse_video`
     (pruned last layer, the question batched against every frame of a chunk, fused text summed
     in float32); chunked LLM prefill keeping only the last position's logits."""
-    from lmini_kernels.modules import FusedPreFusion
-
     with _stage(tr, "inputs", "inputs"):
         ids = _ids(model, req)
-    fused_prefusion = FusedPreFusion.from_model(model)  # shares the model's pre-fusion parameters
+    fused_prefusion = model.fused_prefusion()  # shares the model's pre-fusion parameters
 
     def chunks():
         for f0 in range(0, req.frames, req.chunk_frames):
@@ -559,7 +534,6 @@ def measure_gpu(config, req: Request, pipeline: str = "official") -> dict[str, o
 
     if not torch.cuda.is_available():
         return {"error": "no CUDA GPU: torch.cuda.is_available() is False"}
-    from llava_mini import LlavaMini
 
     mode, fake = build_fake_model(config)
     fn = PIPELINES[pipeline]

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from lmini_kernels.bench.harness import BenchContext
 from lmini_kernels.dispatch import registry
 from lmini_kernels.modules import FusedResampler
-from lmini_kernels.ops.compress.official import OfficialResampler
+from lmini_tools.baselines import OfficialResampler
+from lmini_tools.bench.harness import BenchContext
 
 DIM, HEADS = 1024, 8
 

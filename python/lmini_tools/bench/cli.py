@@ -1,7 +1,7 @@
 """``lmini bench <suite>``: run a registered benchmark suite and write its results.
 
 Registering a suite is one line in :data:`SUITES`: its name and the ``module:function`` of a
-``run(ctx: BenchContext) -> None`` (see :mod:`lmini_kernels.bench.harness`).
+``run(ctx: BenchContext) -> None`` (see :mod:`lmini_tools.bench.harness`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import importlib
 import torch
 
 SUITES: dict[str, str] = {
-    "compress": "lmini_kernels.bench.compress:run",
-    "prefusion": "lmini_kernels.bench.prefusion:run",
+    "compress": "lmini_tools.bench.compress:run",
+    "prefusion": "lmini_tools.bench.prefusion:run",
 }
 
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one suite: measure the copy bandwidth, run the suite, write JSON/CSV/PNG, print a table."""
-    from lmini_kernels.bench.harness import (
+    from lmini_tools.bench.harness import (
         BenchContext,
         copy_bandwidth_gbps,
         environment,

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import lmini_kernels
-
-from .config import IMAGE_TOKEN_INDEX, LlavaMiniConfig
-from .model import LlavaMini
+from llava_mini.config import IMAGE_TOKEN_INDEX, LlavaMiniConfig
+from llava_mini.model import LlavaMini
 
 STAGES = ("vision tower", "compressor", "projector", "pre-fusion", "LLM prefill", "decode / token")
 TINY = ("tiny", "tiny-c2", "tiny-hd", "tiny-llama3")

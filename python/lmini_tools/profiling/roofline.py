@@ -256,7 +256,7 @@ def run(
 
 
 def main_from_args(args: argparse.Namespace) -> int:
-    """``lmini profile roofline`` (arguments parsed by :mod:`lmini_kernels.profiling.cli`)."""
+    """``lmini profile roofline`` (arguments parsed by :mod:`lmini_tools.profiling.cli`)."""
     doc = run(args.results, args.out, args.bandwidth, args.tflops)
     if args.json:
         print(json.dumps({k: v for k, v in doc.items() if k != "table"}, indent=2))

@@ -65,19 +65,10 @@ CONVENTIONS = ("paper", "full")
 #: The text length that reproduces the paper's totals (8.55 / 1.96 / 40.49 TFLOPs).
 DEFAULT_TEXT_TOKENS = 43
 
-#: Module path (relative to LlavaMini) -> component.
-MODULE_COMPONENTS = {
-    "model.vision_tower": "vit",
-    "model.mm_projector": "projector",
-    "model.compressor": "compression",
-    "model.prefusion_layers": "prefusion",
-    "model.layers": "llm",
-    "model.norm": "llm",
-    "lm_head": "llm",
-    "model.embed_tokens": "llm",
-}
+#: Model stage (``LlavaMini.stages``) -> the component its FLOPs count under.
+STAGE_COMPONENTS = {"vit": "vit", "projector": "projector", "compression": "compression", "prefusion": "prefusion",
+                    "embed": "llm", "llm": "llm", "norm": "llm", "lm_head": "llm"}  # fmt: skip
 
-_MODULE_LISTS = ("model.layers", "model.prefusion_layers")  # never called themselves: count their items
 
 #: The paper's figures in TFLOPs (table 14 and the ablations), None where it gives none.
 PAPER_TFLOPS: dict[str, dict[str, float | None]] = {
@@ -288,10 +279,8 @@ def _run_case(case: FlopCase, model, run: _FlopRun, text_tokens: int) -> None:
 
 def _fused_prefusion(model, run: _FlopRun):
     """The library's FusedPreFusion sharing the model's pre-fusion parameters (reference attention)."""
-    from lmini_kernels.modules.prefusion import FusedPreFusion
-
     if not hasattr(run, "fused_prefusion"):
-        run.fused_prefusion = FusedPreFusion.from_model(model, backend="reference")
+        run.fused_prefusion = model.fused_prefusion(backend="reference")
     return run.fused_prefusion
 
 
@@ -361,15 +350,12 @@ def count_model(model, case: FlopCase, convention: str, text_tokens: int) -> Flo
         run(lambda: _run_case(case, model, run, text_tokens))
     counts = counter.get_flop_counts()
     comp = dict.fromkeys(COMPONENTS, 0)
+    # the stages' modules (one entry per layer): deeper names are already included in those
+    # (counts accumulate up the module tree)
+    component_of = {f"_FlopRun.lmini.{st.path}": STAGE_COMPONENTS[st.stage] for st in model.stages()}
     for name, ops in counts.items():
-        # a component module, or a direct child of a component ModuleList (model.layers.7):
-        # deeper names are already included in those (counts accumulate up the tree)
-        path = name.removeprefix("_FlopRun.lmini.")
-        head, _, tail = path.rpartition(".")
-        c = MODULE_COMPONENTS.get(path)
-        if c is None and tail.isdigit() and head in _MODULE_LISTS:
-            c = MODULE_COMPONENTS[head]
-        if c is not None and name != path:
+        c = component_of.get(name)
+        if c is not None:
             comp[c] += sum(ops.values())
     for c in COMPONENTS:
         comp[c] += sum(counts.get(f"_FlopRun.stage_{c}", {}).values())
@@ -409,7 +395,7 @@ def count_all(
 FUSED_SOURCE = (
     "pre-fusion of -fused/-followup counted through lmini_kernels.modules.FusedPreFusion (pruned last layer; "
     "vision-prefix cache via fuse()); the folded compressor's per-image math is expressed in "
-    "lmini_kernels.profiling.flops.folded_compress (the fused compress backends are custom ops that do not run "
+    "lmini_tools.profiling.flops.folded_compress (the fused compress backends are custom ops that do not run "
     "on the meta device)"
 )
 
@@ -455,10 +441,6 @@ def format_table(doc: dict[str, object]) -> str:
             lines.append(f"  {name:22s} {f['total'] / 1e12:7.3f}  ({paper:.2f})")
     lines += ["", "Notes:"] + [f"- {n}" for n in PAPER_NOTES] + [f"- -fused/-followup: {doc['fused_source']}."]
     return "\n".join(lines)
-
-
-def tflops(x: int) -> float:
-    return x / 1e12
 
 
 __all__ = [

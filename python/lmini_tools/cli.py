@@ -44,7 +44,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import lmini_kernels as lk
-    from lmini_kernels.dispatch import REGISTRIES, cuda_emulate, triton_interpret
+    from lmini_kernels.dispatch import REGISTRIES
+    from lmini_kernels.env import cuda_emulate, triton_interpret
 
     info = lk.build_info()
     try:
@@ -110,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="say why each unavailable backend is unavailable")
     p.set_defaults(func=cmd_info)
     for name, module, help_ in (
-        ("demo", "llava_mini.demo", "run the reference model end to end on the embedded tiny default"),
-        ("bench", "lmini_kernels.bench.cli", "kernel benchmarks beside their baselines"),
-        ("profile", "lmini_kernels.profiling.cli", "FLOPs, memory and roofline suites"),
+        ("demo", "lmini_tools.demo", "run the reference model end to end on the embedded tiny default"),
+        ("bench", "lmini_tools.bench.cli", "kernel benchmarks beside their baselines"),
+        ("profile", "lmini_tools.profiling.cli", "FLOPs, memory and roofline suites"),
     ):
         p = sub.add_parser(name, help=help_, add_help=False)
         p.set_defaults(func=_delegate(module, name))

@@ -1,0 +1,62 @@
+"""Input checks shared by every op: each error names the argument and what was expected."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def check_tensor(
+    name: str,
+    t: object,
+    *,
+    ndim: int | None = None,
+    shape: Sequence[int | None] | None = None,
+    floating: bool = True,
+) -> torch.Tensor:
+    """Raise a ValueError naming ``name`` when ``t`` is not a tensor of the expected rank/shape.
+
+    ``shape`` entries of None match any size.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(t.shape)}")
+    if shape is not None:
+        if t.dim() != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape, strict=False)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name}: expected shape {want}, got {tuple(t.shape)}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    return t
+
+
+def check_same(names_tensors: Iterable[tuple[str, torch.Tensor | None]], *, dtype: bool = True) -> None:
+    """Raise when the tensors are on different devices or (if ``dtype``) have different dtypes."""
+    items = [(n, t) for n, t in names_tensors if t is not None]
+    if not items:
+        return
+    n0, t0 = items[0]
+    for n, t in items[1:]:
+        if t.device != t0.device:
+            raise ValueError(f"{n} is on {t.device} but {n0} is on {t0.device}; all inputs must be on one device")
+        if dtype and t.dtype != t0.dtype:
+            raise TypeError(f"{n} has dtype {t.dtype} but {n0} has {t0.dtype}; all inputs must share one dtype")
+
+
+def square_root(n: int) -> int | None:
+    """The side G of a perfect square n = G*G (G >= 1), else None."""
+    if n < 1:
+        return None
+    side = math.isqrt(n)
+    return side if side * side == n else None
+
+
+def square_side(n: int, name: str) -> int:
+    """sqrt(n) for a perfect square n >= 1, else a ValueError naming ``name``."""
+    side = square_root(n)
+    if side is None:
+        raise ValueError(f"{name}: expected a square number (G*G for a G x G grid), got {n}")
+    return side
