@@ -3,7 +3,7 @@
 Each Triton module lists :class:`AotSpec` entries (kernel, argument types, constexprs, warps)
 in ``AOT_SPECS``; :func:`compile_spec` compiles one for an sm_XX target and reports shared
 memory (from Triton's metadata) and registers and spills (from ``ptxas -v`` on the PTX, with
-the ptxas Triton bundles). ``tests/test_compile_triton.py`` runs every spec for sm_80 and
+the ptxas Triton bundles). ``tests/build/test_compile_triton.py`` runs every spec for sm_80 and
 sm_90 in a subprocess without ``TRITON_INTERPRET`` and fails on a config that cannot fit.
 """
 
@@ -15,14 +15,12 @@ import re
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-# Modules that define AOT_SPECS. A new Triton kernel file adds itself here.
-TRITON_MODULES = [
-    "lmini_kernels.ops.row_softmax.triton",
-    "lmini_kernels.ops.prefusion_attention.triton",
-    "lmini_kernels.ops.compress.triton",
-]
+#: Every op's Triton kernels live in ``lmini_kernels/ops/<op>/triton.py``, which lists its
+#: ``AOT_SPECS``; a new op is found here without being named.
+TRITON_MODULE_GLOB = "*/triton.py"
 
 # Per-block shared memory a kernel may use (opt-in maximum), bytes.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -41,19 +39,25 @@ class AotSpec:
     num_stages: int = 3
 
 
+def triton_modules() -> list[str]:
+    """The module names of every op's Triton kernel file (``lmini_kernels.ops.<op>.triton``)."""
+    ops_dir = Path(__file__).resolve().parent / "ops"
+    return [f"lmini_kernels.ops.{p.parent.name}.triton" for p in sorted(ops_dir.glob(TRITON_MODULE_GLOB))]
+
+
 def all_specs() -> list[AotSpec]:
     """Every AOT spec of every Triton module of the library."""
     specs: list[AotSpec] = []
-    for mod in TRITON_MODULES:
+    for mod in triton_modules():
         specs += importlib.import_module(mod).AOT_SPECS
     return specs
 
 
-def _ptxas(arch: int) -> str:
+def _ptxas() -> str:
+    """The ptxas Triton bundles: it assembles the PTX Triton emits, for every target arch."""
     import triton.backends.nvidia as nv
 
-    bindir = os.path.join(os.path.dirname(nv.__file__), "bin")
-    return os.path.join(bindir, "ptxas")
+    return os.path.join(os.path.dirname(nv.__file__), "bin", "ptxas")
 
 
 def compile_spec(spec: AotSpec, arch: int) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def compile_spec(spec: AotSpec, arch: int) -> dict[str, Any]:
         with open(path, "w") as f:
             f.write(ptx)
         out = subprocess.run(
-            [_ptxas(arch), f"-arch={ptx_arch}", "-v", path, "-o", os.path.join(tmp, "k.cubin")],
+            [_ptxas(), f"-arch={ptx_arch}", "-v", path, "-o", os.path.join(tmp, "k.cubin")],
             capture_output=True,
             text=True,
         )

@@ -31,10 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import lmini_kernels
+from lmini_kernels.modules.llama import LlamaDecoderLayer, rope_tables
 
 __all__ = ["FusedPreFusion", "PrefusionCache"]
 
@@ -63,57 +63,6 @@ class PrefusionCache:
     def nbytes(self) -> int:
         """Bytes held by the cache."""
         return sum(t.numel() * t.element_size() for t in [*self.keys, *self.values, self.compressed])
-
-
-class _RMSNorm(nn.Module):
-    """LLaMA RMSNorm in HF order: normalise in float32, cast back, then scale."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
-class _Attention(nn.Module):
-    def __init__(self, hidden: int, heads: int, kv_heads: int) -> None:
-        super().__init__()
-        d = hidden // heads
-        self.q_proj = nn.Linear(hidden, heads * d, bias=False)
-        self.k_proj = nn.Linear(hidden, kv_heads * d, bias=False)
-        self.v_proj = nn.Linear(hidden, kv_heads * d, bias=False)
-        self.o_proj = nn.Linear(heads * d, hidden, bias=False)
-
-
-class _MLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class _Layer(nn.Module):
-    """Parameter container with HF ``LlamaDecoderLayer`` names; the math is in FusedPreFusion."""
-
-    def __init__(self, hidden: int, heads: int, kv_heads: int, intermediate: int, eps: float) -> None:
-        super().__init__()
-        self.self_attn = _Attention(hidden, heads, kv_heads)
-        self.mlp = _MLP(hidden, intermediate)
-        self.input_layernorm = _RMSNorm(hidden, eps)
-        self.post_attention_layernorm = _RMSNorm(hidden, eps)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
 
 
 class FusedPreFusion(nn.Module):
@@ -157,7 +106,8 @@ class FusedPreFusion(nn.Module):
             raise ValueError(f"inv_freq: expected shape ({self.head_dim // 2},), got {tuple(inv_freq.shape)}")
         self.backend = backend
         self.layers = nn.ModuleList(
-            _Layer(hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps) for _ in range(num_layers)
+            LlamaDecoderLayer(hidden_size, num_heads, num_kv_heads, intermediate_size, rms_norm_eps)
+            for _ in range(num_layers)
         )
         self.register_buffer("inv_freq", inv_freq.detach().float().clone(), persistent=False)
 
@@ -193,28 +143,23 @@ class FusedPreFusion(nn.Module):
 
     # ------------------------------------------------------------------ building blocks
     def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (B, L, 1, d), computed in float32 and cast, as the reference does."""
-        freqs = position_ids.float()[..., None] * self.inv_freq.float().to(position_ids.device)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos().to(dtype).unsqueeze(2), emb.sin().to(dtype).unsqueeze(2)
+        return rope_tables(position_ids, self.inv_freq, dtype)
 
-    def _qkv(self, layer: _Layer, h: torch.Tensor, cos, sin, *, need_q: bool = True):
-        b, n, _ = h.shape
-        a = layer.self_attn
-        k = a.k_proj(h).view(b, n, self.num_kv_heads, self.head_dim)
-        v = a.v_proj(h).view(b, n, self.num_kv_heads, self.head_dim)
-        k = k * cos + _rotate_half(k) * sin
-        q = None
-        if need_q:
-            q = a.q_proj(h).view(b, n, self.num_heads, self.head_dim)
-            q = q * cos + _rotate_half(q) * sin
-        return q, k, v
-
-    def _finish(self, layer: _Layer, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-        """Residual + O-projection, then residual + MLP, for the rows of ``x``."""
-        b, n = x.shape[:2]
-        x = x + layer.self_attn.o_proj(o.reshape(b, n, self.num_heads * self.head_dim))
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+    def _run_layers(self, x, cos, sin, mask, keep_from: int):
+        """Every layer over the rows of x (B, S, hidden), the last one pruned to rows
+        ``keep_from:`` (there the other rows give K and V only). Returns (the kept rows after
+        the last layer, every layer's keys, every layer's values)."""
+        keys, values = [], []
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer.input_layernorm(x)
+            k, v = layer.self_attn.project_kv(h, cos, sin)
+            if i == last:  # pruned: Q, attention output, O and MLP only for the kept rows
+                h, x, cos, sin = h[:, keep_from:], x[:, keep_from:], cos[:, keep_from:], sin[:, keep_from:]
+            x = layer.finish(x, self._attend(layer.self_attn.project_q(h, cos, sin), k, v, mask))
+            keys.append(k)
+            values.append(v)
+        return x, keys, values
 
     def _attend(self, q, k, v, mask):
         # through the package attribute, so that a patched lmini_kernels.prefusion_attention
@@ -236,25 +181,8 @@ class FusedPreFusion(nn.Module):
             raise ValueError("compressed_tokens: expected at least one compressed token (C*C >= 1)")
         x = torch.cat([vision_tokens, compressed_tokens], dim=1)
         b, p, _ = x.shape
-        nq = compressed_tokens.shape[1]
-        pos = torch.arange(p, device=x.device).expand(b, p)
-        cos, sin = self._rope(pos, x.dtype)
-        keys, values = [], []
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            h = layer.input_layernorm(x)
-            if i < last:
-                q, k, v = self._qkv(layer, h, cos, sin)
-                x = self._finish(layer, x, self._attend(q, k, v, None))
-            else:  # pruned: Q, attention output, O and MLP only for the compressed rows
-                _, k, v = self._qkv(layer, h, cos, sin, need_q=False)
-                hq = h[:, p - nq :]
-                a = layer.self_attn
-                q = a.q_proj(hq).view(b, nq, self.num_heads, self.head_dim)
-                q = q * cos[:, p - nq :] + _rotate_half(q) * sin[:, p - nq :]
-                x = self._finish(layer, x[:, p - nq :], self._attend(q, k, v, None))
-            keys.append(k)
-            values.append(v)
+        cos, sin = self._rope(torch.arange(p, device=x.device).expand(b, p), x.dtype)
+        x, keys, values = self._run_layers(x, cos, sin, None, p - compressed_tokens.shape[1])
         return PrefusionCache(keys, values, x)
 
     def fuse(
@@ -282,12 +210,15 @@ class FusedPreFusion(nn.Module):
         mask = torch.cat([text_padding_mask.new_zeros(b, p), text_padding_mask], dim=1)
         x = text_embeds
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, layer.input_layernorm(x), cos, sin)
+            h = layer.input_layernorm(x)
+            k, v = layer.self_attn.project_kv(h, cos, sin)
             ck, cv = cache.keys[i], cache.values[i]
             if ck.shape[0] != b:
                 ck, cv = ck.expand(b, -1, -1, -1), cv.expand(b, -1, -1, -1)
-            o = self._attend(q, torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1), mask)
-            x = self._finish(layer, x, o)
+            o = self._attend(
+                layer.self_attn.project_q(h, cos, sin), torch.cat([ck, k], dim=1), torch.cat([cv, v], dim=1), mask
+            )
+            x = layer.finish(x, o)
         fused = torch.where(text_padding_mask[..., None], text_embeds, x)
         compressed = cache.compressed if cache.batch == b else cache.compressed.expand(b, -1, -1)
         return compressed, fused
@@ -322,21 +253,7 @@ class FusedPreFusion(nn.Module):
         keep = ~mask
         pos = (keep.long().cumsum(-1) - 1).masked_fill(mask, 1)  # official: padded -> 1
         cos, sin = self._rope(pos, x.dtype)
-        keys, values = [], []
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            h = layer.input_layernorm(x)
-            if i < last:
-                q, k, v = self._qkv(layer, h, cos, sin)
-                x = self._finish(layer, x, self._attend(q, k, v, mask))
-            else:  # pruned: Q, attention output, O and MLP only for the kept rows
-                _, k, v = self._qkv(layer, h, cos, sin, need_q=False)
-                start = p - nq
-                q = layer.self_attn.q_proj(h[:, start:]).view(b, -1, self.num_heads, self.head_dim)
-                q = q * cos[:, start:] + _rotate_half(q) * sin[:, start:]
-                x = self._finish(layer, x[:, start:], self._attend(q, k, v, mask))
-            keys.append(k)
-            values.append(v)
+        x, keys, values = self._run_layers(x, cos, sin, mask, p - nq)
         compressed = x[:, :nq]
         fused = torch.where(text_padding_mask[..., None], text_embeds, x[:, nq:])
         if not return_cache:

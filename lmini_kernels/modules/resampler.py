@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from lmini_kernels.checks import square_root
-from lmini_kernels.ops.compress.api import compress, fold_for
-from lmini_kernels.ops.compress.folded import Folded
+from lmini_kernels.ops.compress.api import compress
+from lmini_kernels.ops.compress.folded import Folded, fold
 from lmini_kernels.ops.compress.positions import compress_positions, get_2d_sincos_pos_embed
+from lmini_kernels.ops.compress.weights import CompressWeights
 
 
 class FusedResampler(nn.Module):
@@ -60,18 +61,18 @@ class FusedResampler(nn.Module):
         new.load_state_dict(m.state_dict(), strict=True)
         return new
 
+    def weights(self, pos_k: torch.Tensor) -> CompressWeights:
+        """This module's parameters (shared, not copied) with the key table ``pos_k``."""
+        return CompressWeights.from_module(self, pos_k)
+
     def _params(self) -> list[torch.Tensor]:
         a = self.attn
         return [self.query, self.pos_embed, self.ln_q.weight, self.ln_q.bias, self.ln_kv.weight, self.ln_kv.bias,
                 a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias]  # fmt: skip
 
     def _fold(self, n: int) -> Folded:
-        a = self.attn
         pos_k = compress_positions(self.pos_embed, n)
-        f = fold_for(
-            self.query, self.pos_embed, pos_k, self.ln_q.weight, self.ln_q.bias, self.ln_kv.weight, self.ln_kv.bias,
-            a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias, self.num_heads, self.ln_kv.eps,
-        )  # fmt: skip
+        f = fold(self.weights(pos_k))
         f.pos_k = pos_k
         return f
 
@@ -120,13 +121,9 @@ class FusedResampler(nn.Module):
             pos_k = folded.pos_k  # cached with the fold (the bicubic resize is not free)
         else:
             pos_k = compress_positions(self.pos_embed, n) if square_root(n) is not None else self.pos_embed[:0]
-        a = self.attn
         return compress(
-            x, self.query, self.pos_embed, pos_k, self.ln_q.weight, self.ln_q.bias, self.ln_kv.weight, self.ln_kv.bias,
-            a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias, self.num_heads,
-            kv_proj_weight=None if self.kv_proj is None else self.kv_proj.weight, eps=self.ln_kv.eps,
-            need_weights=need_weights, algorithm=algorithm, backend=backend, folded=folded,
-        )  # fmt: skip
+            x, self.weights(pos_k), need_weights=need_weights, algorithm=algorithm, backend=backend, folded=folded
+        )
 
     def extra_repr(self) -> str:
         return f"grid_size={self.grid_size}, embed_dim={self.embed_dim}, num_heads={self.num_heads}"

@@ -1,49 +1,25 @@
-"""LLaMA building blocks in plain PyTorch, with Hugging Face ``LlamaDecoderLayer`` parameter names.
+"""The model's LLaMA pieces around the library's blocks (:mod:`lmini_kernels.modules.llama`).
 
-The same :class:`LlamaDecoderLayer` serves the LLM and the pre-fusion layers (the official
-code instantiates HF ``LlamaDecoderLayer(base_model.config)`` for pre-fusion). Attention
-itself is injected: each layer projects q/k/v (with RoPE applied) and hands them, in the
-flash-attn layout (B, L, H, d), to an ``attend`` callable. The pre-fusion stage passes the
-library's ``prefusion_attention``; the LLM passes :func:`cached_attention` (torch SDPA over
-a :class:`KVCache`).
+The same decoder layer (:func:`decoder_layer`) serves the LLM and the pre-fusion layers (the
+official code instantiates HF ``LlamaDecoderLayer(base_model.config)`` for pre-fusion). The
+pre-fusion stage passes the library's ``prefusion_attention`` as the layers' ``attend``; the LLM
+passes :func:`cached_attention` (torch SDPA over a :class:`KVCache`). Here: the config-driven
+RoPE frequencies (LLaMA-3.1 scaling included), the KV cache and the LLM's attention.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmini_kernels.modules.llama import LlamaDecoderLayer, rope_tables
+
 from .config import RopeScaling, TextConfig
 
-__all__ = [
-    "RMSNorm",
-    "RotaryEmbedding",
-    "LlamaDecoderLayer",
-    "KVCache",
-    "cached_attention",
-    "llama3_inv_freq",
-    "apply_rotary",
-]
-
-Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class RMSNorm(nn.Module):
-    """LLaMA RMSNorm: normalise in float32, cast back, then scale (HF order)."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+__all__ = ["RotaryEmbedding", "KVCache", "cached_attention", "decoder_layer", "llama3_inv_freq"]
 
 
 def llama3_inv_freq(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
@@ -73,67 +49,12 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape (B, L, head_dim), computed in float32 and cast to ``dtype``."""
-        freqs = position_ids.float()[..., None] * self.inv_freq.float().to(position_ids.device)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        return rope_tables(position_ids, self.inv_freq, dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, L, H, d) by the tables (B, L, d) (HF's half-split convention)."""
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    return x * cos + _rotate_half(x) * sin
-
-
-class LlamaAttention(nn.Module):
-    def __init__(self, cfg: TextConfig) -> None:
-        super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        d = cfg.hidden_size
-        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
-        b, n, _ = x.shape
-        q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim)
-        o = attend(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)  # (b, n, Hq, d)
-        return self.o_proj(o.reshape(b, n, self.num_heads * self.head_dim))
-
-
-class LlamaMLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
-
-    def __init__(self, cfg: TextConfig) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block: x += attn(norm(x)); x += mlp(norm(x))."""
-
-    def __init__(self, cfg: TextConfig) -> None:
-        super().__init__()
-        self.self_attn = LlamaAttention(cfg)
-        self.mlp = LlamaMLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attend)
-        return x + self.mlp(self.post_attention_layernorm(x))
+def decoder_layer(cfg: TextConfig) -> LlamaDecoderLayer:
+    """One LLaMA decoder layer of ``cfg``'s shapes (the LLM's and the pre-fusion's)."""
+    return LlamaDecoderLayer(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.intermediate_size, cfg.rms_norm_eps)
 
 
 class KVCache:

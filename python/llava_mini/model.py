@@ -22,10 +22,11 @@ from torch import nn
 
 import lmini_kernels
 from lmini_kernels.checks import square_side
+from lmini_kernels.modules.llama import RMSNorm
 
 from .clip import CLIPVisionTower
 from .config import IMAGE_TOKEN_INDEX, LlavaMiniConfig
-from .llama import KVCache, LlamaDecoderLayer, RMSNorm, RotaryEmbedding, cached_attention
+from .llama import KVCache, RotaryEmbedding, cached_attention, decoder_layer
 
 __all__ = ["LlavaMini", "LlavaMiniModel", "Resampler", "retile_hd", "MultimodalInputs", "StageModule"]
 
@@ -66,26 +67,9 @@ class Resampler(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, N, kv_dim), N a square -> (out (B, C*C, D), head-averaged attn (B, C*C, N) or None)."""
         pos_k = lmini_kernels.compress_positions(self.pos_embed, x.shape[1]).to(x.dtype)
-        a = self.attn
-        return lmini_kernels.compress(
-            x,
-            self.query,
-            self.pos_embed.to(x.dtype),
-            pos_k,
-            self.ln_q.weight,
-            self.ln_q.bias,
-            self.ln_kv.weight,
-            self.ln_kv.bias,
-            a.in_proj_weight,
-            a.in_proj_bias,
-            a.out_proj.weight,
-            a.out_proj.bias,
-            self.num_heads,
-            kv_proj_weight=None if self.kv_proj is None else self.kv_proj.weight,
-            eps=self.ln_kv.eps,
-            need_weights=need_weights,
-            backend=backend,
-        )
+        w = lmini_kernels.CompressWeights.from_module(self, pos_k)
+        w.pos_q = self.pos_embed.to(x.dtype)
+        return lmini_kernels.compress(x, w, need_weights=need_weights, backend=backend)
 
 
 def build_projector(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -137,13 +121,13 @@ class LlavaMiniModel(nn.Module):
         super().__init__()
         t, v = config.text, config.vision
         self.embed_tokens = nn.Embedding(t.vocab_size, t.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(t) for _ in range(t.num_layers))
+        self.layers = nn.ModuleList(decoder_layer(t) for _ in range(t.num_layers))
         self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(t)  # no parameters; shared by LLM and pre-fusion
         self.vision_tower = CLIPVisionTower(v)
         self.mm_projector = build_projector(v.hidden_size, t.hidden_size)
         if config.is_mini:
-            self.prefusion_layers = nn.ModuleList(LlamaDecoderLayer(t) for _ in range(config.prefusion_layers))
+            self.prefusion_layers = nn.ModuleList(decoder_layer(t) for _ in range(config.prefusion_layers))
             # official: Resampler(grid_size=C, embed_dim=1024 (= CLIP width), num_heads=8)
             self.compressor = Resampler(config.compressor_size, v.hidden_size, config.compressor_heads)
 

@@ -7,7 +7,7 @@ import torch
 from conftest import build, make_ids
 
 import lmini_kernels
-from llava_mini import demo
+from lmini_tools import demo
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:

@@ -1,6 +1,6 @@
 """The folded and projected compression algorithms in plain PyTorch (exact up to rounding).
 
-Folded (see shared/design/llava-mini.md). With ``y_j = (x_j - mu_j) * r_j`` the LayerNorm of
+Folded. With ``y_j = (x_j - mu_j) * r_j`` the LayerNorm of
 token j without its affine part, ``u_{q,h} = W_k,h^T q_h`` and ``s = 1/sqrt(d_head)``:
 
     score_{k,j} = a_k . y_j + p_{k,j} (+ a constant per k that cancels in the softmax)
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lmini_kernels.ops.compress.weights import CompressWeights
+
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64, everything else accumulates in float32."""
@@ -39,46 +41,39 @@ class Folded:
 
     a: (K, D) scaled folded queries, K = Q*heads (query-major: k = q*heads + h).
     p: (K, N) key-position logits. wv: (heads, d_head, D) value weights times gamma_kv.
-    bv: (D,) value bias with W_v beta_kv folded in.
+    bv: (D,) value bias with W_v beta_kv folded in. wo: (D, D), bo: (D,) the out projection.
     """
 
     a: torch.Tensor
     p: torch.Tensor
     wv: torch.Tensor
     bv: torch.Tensor
+    wo: torch.Tensor
+    bo: torch.Tensor
 
 
-def fold(
-    query: torch.Tensor,
-    pos_q: torch.Tensor,
-    pos_k: torch.Tensor,
-    ln_q_weight: torch.Tensor,
-    ln_q_bias: torch.Tensor,
-    ln_kv_weight: torch.Tensor,
-    ln_kv_bias: torch.Tensor,
-    in_proj_weight: torch.Tensor,
-    in_proj_bias: torch.Tensor,
-    num_heads: int,
-    eps: float,
-) -> Folded:
-    """Fold the query path, the key projection and LayerNorm_kv's affine into :class:`Folded`.
+def fold(w: CompressWeights) -> Folded:
+    """Fold the query path, the key projection and LayerNorm_kv's affine into :class:`Folded`
+    (with ``wo``/``bo``, the out projection in the accumulation dtype).
 
     Differentiable (training recomputes it every step). Math in float32 (float64 stays)."""
-    acc = acc_dtype(query.dtype)
-    nq, dim = query.shape
+    acc = acc_dtype(w.query.dtype)
+    nq, dim = w.query.shape
+    num_heads = w.num_heads
     dh = dim // num_heads
-    w_q, w_k, w_v = in_proj_weight.to(acc).chunk(3)
-    b_q, _, b_v = in_proj_bias.to(acc).chunk(3)
-    q_in = F.layer_norm(query.to(acc), (dim,), ln_q_weight.to(acc), ln_q_bias.to(acc), eps) + pos_q.to(acc)
+    w_q, w_k, w_v = w.in_proj_weight.to(acc).chunk(3)
+    b_q, _, b_v = w.in_proj_bias.to(acc).chunk(3)
+    q_in = F.layer_norm(w.query.to(acc), (dim,), w.ln_q_weight.to(acc), w.ln_q_bias.to(acc), w.ln_q_eps)
+    q_in = q_in + w.pos_q.to(acc)
     q = F.linear(q_in, w_q, b_q).view(nq, num_heads, dh)
     u = torch.einsum("qhe,hed->qhd", q, w_k.view(num_heads, dh, dim)).reshape(nq * num_heads, dim)
     scale = 1.0 / math.sqrt(dh)
-    gamma, beta = ln_kv_weight.to(acc), ln_kv_bias.to(acc)
+    gamma, beta = w.ln_kv_weight.to(acc), w.ln_kv_bias.to(acc)
     a = u * (gamma * scale)
-    p = (u @ pos_k.to(acc).t()) * scale
+    p = (u @ w.pos_k.to(acc).t()) * scale
     wv = (w_v * gamma).view(num_heads, dh, dim)
     bv = w_v @ beta + b_v
-    return Folded(a.contiguous(), p.contiguous(), wv, bv)
+    return Folded(a.contiguous(), p.contiguous(), wv, bv, w.out_proj_weight.to(acc), w.out_proj_bias.to(acc))
 
 
 def core_torch(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,22 +121,19 @@ def core_backward(
     return dx.to(x.dtype), da, dp.contiguous()
 
 
-def epilogue(
-    acc: torch.Tensor, f: Folded, out_proj_weight: torch.Tensor, out_proj_bias: torch.Tensor, num_heads: int
-) -> torch.Tensor:
+def epilogue(acc: torch.Tensor, f: Folded, num_heads: int) -> torch.Tensor:
     """acc (B, Q*heads, D) -> out (B, Q, D) in the accumulation dtype: per-head value
     projection (gamma-folded) after the weighted sum, then out_proj."""
     batch, k, dim = acc.shape
     nq = k // num_heads
-    # Every backend, CPU included: torch's batched GEMMs beat the C++ op lmini::compress_epilogue
-    # (one parallel region of per-row GEMVs) at every size on the AVX2 EPYC of 2026-12-02, 2
-    # threads, D = 1024, 8 heads: 1 row 0.27 vs 1.0 ms, 64 rows 3.1 vs 7.1 ms, 256 rows 8.8 vs
-    # 28.6 ms. The op stays registered and tested (tests/compress/test_compress_cpu.py).
+    # Every backend, CPU included: torch's batched GEMMs beat a C++ epilogue (one parallel
+    # region of per-row GEMVs, since deleted) at every size on the AVX2 EPYC of 2026-12-02, 2
+    # threads, D = 1024, 8 heads: 1 row 0.27 vs 1.0 ms, 64 rows 3.1 vs 7.1 ms, 256 rows 8.8 vs 28.6 ms.
     z = acc.view(batch * nq, num_heads, dim).transpose(0, 1)  # (H, B*Q, D)
     # Bias fused into the batched GEMM and into out_proj's GEMM: few ops, few parallel regions.
     o = torch.baddbmm(f.bv.view(num_heads, 1, dim // num_heads), z, f.wv.transpose(1, 2))  # (H, B*Q, dh)
     o = o.transpose(0, 1).reshape(batch, nq, dim)
-    return F.linear(o, out_proj_weight.to(acc.dtype), out_proj_bias.to(acc.dtype))
+    return F.linear(o, f.wo, f.bo)
 
 
 def attention_weights(x: torch.Tensor, f: Folded, num_heads: int, eps: float) -> torch.Tensor:
@@ -154,39 +146,25 @@ def attention_weights(x: torch.Tensor, f: Folded, num_heads: int, eps: float) ->
 
 
 def compress_projected(
-    x: torch.Tensor,
-    query: torch.Tensor,
-    pos_q: torch.Tensor,
-    pos_k: torch.Tensor,
-    ln_q_weight: torch.Tensor,
-    ln_q_bias: torch.Tensor,
-    ln_kv_weight: torch.Tensor,
-    ln_kv_bias: torch.Tensor,
-    in_proj_weight: torch.Tensor,
-    in_proj_bias: torch.Tensor,
-    out_proj_weight: torch.Tensor,
-    out_proj_bias: torch.Tensor,
-    num_heads: int,
-    kv_proj_weight: torch.Tensor | None = None,
-    eps: float = 1e-5,
-    need_weights: bool = False,
+    x: torch.Tensor, w: CompressWeights, need_weights: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The plain order (keys and values projected for every token, then attention), batched
     over all images in one call; math in x's dtype except LayerNorm/softmax statistics."""
     dtype = x.dtype
-    if kv_proj_weight is not None:
-        x = F.linear(x, kv_proj_weight)
+    num_heads = w.num_heads
+    if w.kv_proj_weight is not None:
+        x = F.linear(x, w.kv_proj_weight)
     batch, n, dim = x.shape
-    nq, dh = query.shape[0], dim // num_heads
-    w_q, w_k, w_v = in_proj_weight.chunk(3)
-    b_q, b_k, b_v = in_proj_bias.chunk(3)
-    x_n = F.layer_norm(x, (dim,), ln_kv_weight, ln_kv_bias, eps)
-    q_in = F.layer_norm(query, (dim,), ln_q_weight, ln_q_bias, eps) + pos_q.to(dtype)
+    nq, dh = w.num_queries, dim // num_heads
+    w_q, w_k, w_v = w.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = w.in_proj_bias.chunk(3)
+    x_n = F.layer_norm(x, (dim,), w.ln_kv_weight, w.ln_kv_bias, w.ln_kv_eps)
+    q_in = F.layer_norm(w.query, (dim,), w.ln_q_weight, w.ln_q_bias, w.ln_q_eps) + w.pos_q.to(dtype)
     q = F.linear(q_in, w_q, b_q).view(1, nq, num_heads, dh).transpose(1, 2).expand(batch, -1, -1, -1)
-    k = F.linear(x_n + pos_k.to(dtype), w_k, b_k).view(batch, n, num_heads, dh).transpose(1, 2)
+    k = F.linear(x_n + w.pos_k.to(dtype), w_k, b_k).view(batch, n, num_heads, dh).transpose(1, 2)
     v = F.linear(x_n, w_v, b_v).view(batch, n, num_heads, dh).transpose(1, 2)
     o = F.scaled_dot_product_attention(q, k, v)  # (B, H, Q, dh)
-    out = F.linear(o.transpose(1, 2).reshape(batch, nq, dim), out_proj_weight, out_proj_bias)
+    out = F.linear(o.transpose(1, 2).reshape(batch, nq, dim), w.out_proj_weight, w.out_proj_bias)
     attn = None
     if need_weights:
         s = torch.matmul(q.to(acc_dtype(dtype)), k.to(acc_dtype(dtype)).transpose(-1, -2)) / math.sqrt(dh)

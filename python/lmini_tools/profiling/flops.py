@@ -20,7 +20,7 @@ Two conventions:
 * ``paper``: weight matmuls only. A matmul or convolution counts (2 x multiply-adds) only when
   one operand is a model constant (a parameter, a view of one, or a constant folded from
   parameters); attention scores and weighted sums are not counted. This is what the paper's
-  calflops totals amount to: 2 x parameters x tokens (see ``shared/design/llava-mini.md``).
+  calflops totals amount to: 2 x parameters x tokens.
 * ``full``: every matmul, attention included (FlopCounterMode's own formulas).
 
 What is run, per model (``text_tokens`` = N text tokens, 43 by default: the length that
@@ -223,8 +223,8 @@ def _llm(model, vision: torch.Tensor, text_tokens: int) -> torch.Tensor:
 
 
 def folded_compress(compressor, x: torch.Tensor, folded: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The folded compressor's per-image work (``lmini_kernels.ops.compress`` math, see
-    ``llava-mini.md``): scores of the K = C*C*heads folded queries against the
+    """The folded compressor's per-image work (the math of ``lmini_kernels/ops/compress/folded.py``):
+    scores of the K = C*C*heads folded queries against the
     affine-free LayerNorm of the features, softmax, weighted sum of the features, then the
     value and out projections of the C*C rows. ``folded`` holds the parameter-only constants
     (computed once per model by :func:`fold_compressor`)."""

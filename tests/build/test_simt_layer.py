@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CUDA_INCLUDE = Path("/usr/local/cuda/include")
 BARRIER_TESTS = {"block_reduction", "transpose", "histogram", "dynamic_shared"}
 ALL_TESTS = BARRIER_TESTS | {"shuffles"}

@@ -8,9 +8,6 @@ import lmini_kernels as lk
 from lmini_kernels.ops.compress.reference import compress_reference
 from lmini_tools.baselines import OfficialResampler  # noqa: F401  (re-exported for the tests)
 
-PARAM_ORDER = ("query", "pos_q", "pos_k", "ln_q_weight", "ln_q_bias", "ln_kv_weight", "ln_kv_bias",
-               "in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias")  # fmt: skip
-
 
 def make_params(dim: int, heads: int, c: int, grid: int, dtype=torch.float32, kv_dim: int | None = None) -> dict:
     """Random parameters (never zeros) at scales that keep the softmax neither flat nor one-hot."""
@@ -37,17 +34,15 @@ def make_params(dim: int, heads: int, c: int, grid: int, dtype=torch.float32, kv
     return p
 
 
-def args_of(p: dict) -> list[torch.Tensor]:
-    return [p[k] for k in PARAM_ORDER]
+def weights_of(p: dict, heads: int, **scalars) -> lk.CompressWeights:
+    """The :class:`CompressWeights` of a parameter dict of :func:`make_params`."""
+    return lk.CompressWeights(**p, num_heads=heads, **scalars)
 
 
-def oracle(x: torch.Tensor, p: dict, heads: int, need_weights: bool = False):
+def oracle(x: torch.Tensor, p: dict, heads: int, need_weights: bool = False, **scalars):
     """The official math in float64 on the same (rounded) inputs."""
-    p64 = {k: v.double() for k, v in p.items()}
-    return compress_reference(
-        x.double(), *args_of(p64), heads, kv_proj_weight=p64.get("kv_proj_weight"), need_weights=need_weights
-    )
+    return compress_reference(x.double(), weights_of(p, heads, **scalars).map(torch.Tensor.double), need_weights)
 
 
-def run(x, p, heads, backend, **kw):
-    return lk.compress(x, *args_of(p), heads, kv_proj_weight=p.get("kv_proj_weight"), backend=backend, **kw)
+def run(x, p, heads, backend, eps: dict | None = None, **kw):
+    return lk.compress(x, weights_of(p, heads, **(eps or {})), backend=backend, **kw)

@@ -16,7 +16,7 @@ from prefusion_cases import check_against_reference, make_inputs
 import lmini_kernels
 from lmini_kernels import NotSupportedError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_helpers import args_of, make_params, oracle, run
+from compress_helpers import make_params, oracle, run, weights_of
 from utils import TOLERANCE, assert_close, non_contiguous, randn
 
 import lmini_kernels as lk
@@ -155,8 +155,7 @@ def _bad_call(**over):
     kw.update({k: v for k, v in over.items() if k in ("x", "heads", "backend", "algorithm")})
     p.update({k: v for k, v in over.items() if k in p or k == "kv_proj_weight"})
     extra = {"algorithm": kw["algorithm"]} if "algorithm" in kw else {}
-    return lk.compress(kw["x"], *args_of(p), kw["heads"], kv_proj_weight=p.get("kv_proj_weight"),
-                       backend=kw["backend"], **extra)  # fmt: skip
+    return lk.compress(kw["x"], weights_of(p, kw["heads"]), backend=kw["backend"], **extra)
 
 
 @pytest.mark.parametrize(

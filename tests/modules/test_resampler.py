@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from compress_helpers import OfficialResampler
 from torch import nn
 from utils import assert_close, randn
 
 import lmini_kernels as lk
+from lmini_tools.baselines import OfficialResampler
 
 
 def _official(grid=2, dim=72, heads=8, kv_dim=None) -> OfficialResampler:
@@ -48,6 +48,26 @@ def test_from_module_copies_parameters_and_eps():
     x = randn(2, 9, 16)
     with torch.no_grad():
         assert_close(fused(x, backend="cpu")[0], copy.deepcopy(off).double()(x.double())[0], dtype=torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_each_layernorm_keeps_its_own_eps(backend):
+    """ln_q and ln_kv with different epsilons, on inputs where eps moves the output (queries and
+    features of variance ~1e-3): the fused module matches the official one, and swapping the two
+    epsilons gives a clearly different answer (so a shared eps cannot pass)."""
+    off = _official(2, 16, 2)
+    off.ln_q.eps, off.ln_kv.eps = 1e-2, 1e-6
+    with torch.no_grad():
+        off.query.mul_(0.03)
+    x = randn(2, 9, 16) * 0.03
+    with torch.no_grad():
+        ref = copy.deepcopy(off).double()(x.double())[0]
+        out = lk.FusedResampler.from_module(off)(x, backend=backend)[0]
+        assert_close(out, ref, dtype=torch.float32)
+        swapped = copy.deepcopy(off)
+        swapped.ln_q.eps, swapped.ln_kv.eps = 1e-6, 1e-2
+        wrong = lk.FusedResampler.from_module(swapped)(x, backend=backend)[0]
+        assert (wrong - ref.float()).norm() > 0.05 * ref.norm()
 
 
 def test_cache_follows_parameter_updates_and_n():
