@@ -1,6 +1,6 @@
 """Benchmark of the compressor: ``python benchmarks/bench_compress.py [--device cpu|cuda] [--quick]``.
 
-The same as ``lmini bench compress`` (suite in lmini_kernels/bench/compress.py); results go to
+The same as ``lmini bench compress`` (suite in python/lmini_tools/bench/compress.py); results go to
 benchmarks/results/compress-<device>-<date>.{json,csv,png}.
 """
 

@@ -4,41 +4,31 @@ On a shared machine another process's load lands on whichever provider happens t
 ``lmini bench prefusion`` (one provider after the other) can swing by 2x. Here the providers of
 a case run alternately, ``--repeats`` times, and the minimum of each is reported (the run least
 disturbed by others) next to the median. Same models and shapes as the suite
-(lmini_kernels/bench/prefusion.py).
+(python/lmini_tools/bench/prefusion.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from lmini_kernels.ops.prefusion_attention import prefusion_attention
 from lmini_kernels.ops.prefusion_attention.reference import visible_mask
-from lmini_tools.bench.harness import cpu_name
+from lmini_tools.bench.harness import cpu_name, interleaved_times
 from lmini_tools.bench.prefusion import (
     N_COMPRESSED,
     N_TEXT,
     N_VISION,
     _model,
-    _official_prefusion,
     _sdpa,
-    video_chunk,
 )
 
 
 def interleave(cases: dict[str, dict[str, object]], repeats: int) -> None:
     for case, providers in cases.items():
-        times: dict[str, list[float]] = {p: [] for p in providers}
-        for f in providers.values():
-            f()  # warm-up
-        for _ in range(repeats):
-            for name, f in providers.items():
-                t = time.perf_counter()
-                f()
-                times[name].append((time.perf_counter() - t) * 1e3)
+        times = interleaved_times(providers, repeats)
         base = min(next(iter(times.values())))
         for name, ts in times.items():
             print(f"  {case:30s} {name:26s} min {min(ts):10.1f} ms  median {statistics.median(ts):10.1f} ms  "
@@ -72,11 +62,11 @@ def main() -> int:
 
     def official_video():
         total = sum(
-            _official_prefusion(model, video[0][:, t], video[1][:, t], text, pad)[1].float() for t in range(frames)
+            model.official_prefusion(video[0][:, t], video[1][:, t], text, pad)[1].float() for t in range(frames)
         )
         return total / frames
 
-    chunk = video_chunk("cpu")
+    chunk = model.VIDEO_CHUNK_FRAMES["cpu"]
 
     def fused_video():
         return fused.fuse_video(
@@ -88,18 +78,18 @@ def main() -> int:
             interleave({"attn suffix 44x620 (op)": {"sdpa": lambda: _sdpa(q, k, v, mask),
                                                     "lmini cpu": lambda: prefusion_attention(q, k, v, backend="cpu")}},
                        args.repeats * 4)  # fmt: skip
-            official = _official_prefusion
+            official = model.official_prefusion
             module_cases = {
                 "module 1 question": {
-                    "official eager": lambda: official(model, vision, comp, text, pad),
+                    "official eager": lambda: official(vision, comp, text, pad),
                     "FusedPreFusion": lambda: fused(vision, comp, text, pad),
                 },
                 "module follow-up question": {
-                    "official eager": lambda: official(model, vision, comp, qs[1], pad),
+                    "official eager": lambda: official(vision, comp, qs[1], pad),
                     "FusedPreFusion (cached)": lambda: fused.fuse(cache, qs[1], pad),
                 },
                 "module 5 questions": {
-                    "official eager": lambda: [official(model, vision, comp, t, pad) for t in qs],
+                    "official eager": lambda: [official(vision, comp, t, pad) for t in qs],
                     "FusedPreFusion": five_fused,
                 },
             }

@@ -44,6 +44,11 @@ def _cuda_availability() -> str | None:
     return None
 
 
+def _cpu_route_when(switch: Callable[[], bool]) -> Callable[[], frozenset[str]]:
+    """A GPU backend's verification route: CPU tensors while ``switch()`` is on."""
+    return lambda: frozenset({"cpu"}) if switch() else frozenset()
+
+
 def reference_backend(run: Callable[..., object], check: Callable[..., list[str]] | None = None) -> Backend:
     """Plain PyTorch, any device (meta included), float16 to float64: the oracle."""
     return Backend(
@@ -69,7 +74,7 @@ def triton_backend(
         dtypes=dtypes,
         availability=_triton_availability,
         check=check,
-        verification_devices=lambda: frozenset({"cpu"}) if triton_interpret() else frozenset(),
+        verification_devices=_cpu_route_when(triton_interpret),
         verification_dtypes=INTERPRETER_DTYPES & dtypes,
     )
 
@@ -92,7 +97,7 @@ def cuda_backend(
         devices=frozenset({"cuda"}),
         availability=_cuda_availability,
         check=check,
-        verification_devices=lambda: frozenset({"cpu"}) if cuda_emulate() else frozenset(),
+        verification_devices=_cpu_route_when(cuda_emulate),
     )
 
 

@@ -4,8 +4,8 @@
     lmini profile roofline profiling/results/cpu_kernels.json
 
 Until ``lmini bench`` writes results with ``flops`` and ``bytes`` per row, this gives the roofline
-suite real CPU numbers. Timing: torch.utils.benchmark (median of blocked_autorange), the thread
-count stated in the device string. FLOPs and fewest bytes per call:
+suite real CPU numbers. Timing: the benchmark harness (``lmini_tools.bench.harness.time_stats``,
+the median of blocked_autorange), the thread count stated in the device string. FLOPs and fewest bytes per call:
 
 * compress (FusedResampler, 1 x 576 x 1024 fp16, 1 query, 8 heads; folding cached): folded
   work 4 N heads Q D + 4 Q D^2 FLOPs; bytes: the features once (N D x 2) plus the output.
@@ -24,10 +24,10 @@ import platform
 from pathlib import Path
 
 import torch
-from torch.utils import benchmark
 
 import lmini_kernels
 from lmini_kernels.modules import FusedResampler
+from lmini_tools.bench.harness import time_stats
 
 
 def cases(dtype: torch.dtype = torch.float16):
@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         for op, label, make, flops, nbytes in cases():
             for b in args.backends:
                 call = make(b)
-                m = benchmark.Timer("f()", globals={"f": call}).blocked_autorange(min_run_time=args.min_run_time)
-                results.append({"op": op, "backend": b, "label": label, "dtype": "float16", "median_s": m.median,
+                median_ms, _ = time_stats(call, "cpu", min_run_time=args.min_run_time)
+                results.append({"op": op, "backend": b, "label": label, "dtype": "float16", "median_s": median_ms / 1e3,
                                 "flops": flops, "bytes": nbytes})  # fmt: skip
-                print(f"{op:20s} {b:10s} {m.median * 1e6:10.1f} us")
+                print(f"{op:20s} {b:10s} {median_ms * 1e3:10.1f} us")
     doc = {
         "device": f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "date": datetime.date.today().isoformat(),

@@ -165,8 +165,10 @@ class LlavaMini(nn.Module):
         "lm_head": ("lm_head",),
     }
 
-    #: Frames per batched pre-fusion chunk on the fused video path, per device type: on a CPU
-    #: larger chunks' activations fall out of the caches (``lmini bench prefusion``).
+    #: Frames per batched pre-fusion chunk on the fused video path, per device type: 16 on a GPU
+    #: (GEMMs of ~10k rows); 4 on a CPU, where a 16-frame chunk's activations (16 x 620 x MLP
+    #: width x 4 B, ~110 MB at hidden 1024) fall out of the caches and measured slower
+    #: (interleaved runs, 2-core EPYC: ~270 ms/frame with 1 or 4 frames, ~320 ms/frame with 16).
     VIDEO_CHUNK_FRAMES: dict[str, int] = {"cuda": 16, "cpu": 4}
 
     #: ``prefusion=`` values of the encoding methods: "auto" takes "fused" unless the backend is
@@ -345,11 +347,20 @@ class LlavaMini(nn.Module):
         vision, compressed = self.vision_prefix(images)
         if fused:
             return self.fused_prefusion()(vision, compressed, text, padding)
-        b = images.shape[0]
+        return self.official_prefusion(vision, compressed, text, padding)
+
+    def official_prefusion(
+        self, vision: torch.Tensor, compressed: torch.Tensor, text: torch.Tensor, padding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official pre-fusion of one question: every row of every layer over
+        ``[vision (B, Nv, hidden), compressed (B, Q, hidden), text (B, L, hidden)]`` with the text
+        rows where ``padding`` (B, L) is True hidden as keys. Returns the kept rows: (compressed
+        (B, Q, hidden), fused text (B, L, hidden), padded rows given their raw embeddings back)."""
+        b, n_text = padding.shape
+        n_q = compressed.shape[1]
         x = torch.cat([vision, compressed, text], dim=1)
-        vision_pad = torch.zeros(b, vision.shape[1] + compressed.shape[1], dtype=torch.bool, device=padding.device)
+        vision_pad = torch.zeros(b, vision.shape[1] + n_q, dtype=torch.bool, device=padding.device)
         x = self.prefusion(x, torch.cat([vision_pad, padding], dim=1))
-        n_text, n_q = input_ids.shape[1], compressed.shape[1]
         fused_text = torch.where(padding[..., None], text, x[:, -n_text:])
         return x[:, -n_text - n_q : -n_text], fused_text
 

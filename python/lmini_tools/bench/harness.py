@@ -106,13 +106,42 @@ def time_ms(fn: Callable[[], Any], device: str, *, min_run_time: float = 1.0) ->
     return time_stats(fn, device, min_run_time=min_run_time)[0]
 
 
-def copy_bandwidth_gbps(device: str, nbytes: int = 256 * 2**20) -> float:
+def interleaved_times(providers: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Milliseconds of each provider's ``repeats`` runs, the providers run in turn (after one
+    warm-up each), so that another process's load on a shared machine spreads over all of them
+    instead of landing on whichever runs at that moment. CPU wall time."""
+    import time
+
+    times: dict[str, list[float]] = {name: [] for name in providers}
+    for f in providers.values():
+        f()
+    for _ in range(repeats):
+        for name, f in providers.items():
+            t = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def copy_bandwidth_gbps(
+    device: str, nbytes: int = 256 * 2**20, *, min_run_time: float = 0.5, best: bool = False
+) -> float:
     """Copy bandwidth in GB/s (bytes read + bytes written per second) of ``dst.copy_(src)``
-    over ``nbytes`` (larger than any last-level cache), measured like any provider."""
+    over ``nbytes`` (larger than any last-level cache), measured like any provider: from the
+    median time, or from the fastest run with ``best`` (a ceiling)."""
     src = torch.randn(nbytes // 4, device=device)
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), device, min_run_time=0.5)
-    return 2 * nbytes / (ms * 1e-3) / 1e9
+    median, fastest = time_stats(lambda: dst.copy_(src), device, min_run_time=min_run_time)
+    return 2 * nbytes / ((fastest if best else median) * 1e-3) / 1e9
+
+
+def matmul_tflops(device: str, n: int, dtype: torch.dtype, *, min_run_time: float = 0.5, best: bool = False) -> float:
+    """TFLOP/s (2 n^3 per product) of an n x n ``torch.mm`` in ``dtype``: from the median time,
+    or from the fastest run with ``best`` (a ceiling)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    median, fastest = time_stats(lambda: torch.mm(a, b), device, min_run_time=min_run_time)
+    return 2 * n**3 / ((fastest if best else median) * 1e-3) / 1e12
 
 
 @dataclass

@@ -14,7 +14,7 @@ Module: the reference model's pre-fusion (official semantics: every row of every
 question, a Python loop over video frames) against :class:`lmini_kernels.FusedPreFusion`
 (pruned last layer, vision-prefix cache, batched frames). Cases: one question about one image,
 five questions about one image (the official code recomputes everything per question; we
-prefill once), and a 64-frame video (16 with ``--quick``; chunks of :func:`video_chunk` frames). 7B shapes
+prefill once), and a 64-frame video (16 with ``--quick``; chunks of ``LlavaMini.VIDEO_CHUNK_FRAMES`` frames). 7B shapes
 (Vicuna-7B: hidden 4096, 32 heads, MLP 11008, 4 layers) on GPU in fp16; on CPU a narrower
 model with the real token counts (hidden 1024, 8 heads of 128, MLP 2752, 4 layers; 576 vision
 tokens, 1 compressed, 43 text) in fp32. FLOPs: the official computation's count (FlopCounterMode
@@ -119,23 +119,6 @@ def _model(device: str, dtype: torch.dtype):
     return model
 
 
-def video_chunk(device: str) -> int:
-    """Frames per batched chunk: 16 on GPU (GEMMs of ~10k rows); 4 on CPU, where a 16-frame
-    chunk's activations (16 x 620 x MLP width x 4 B, ~110 MB at hidden 1024) fall out of the
-    caches and measured slower (interleaved runs, 2-core EPYC: ~270 ms/frame with 1 or 4 frames,
-    ~320 ms/frame with 16)."""
-    return 16 if device == "cuda" else 4
-
-
-def _official_prefusion(model, vision, compressed, text, pad):
-    """The official per-question computation: every row of every layer, kept rows returned."""
-    b, n = pad.shape
-    full_pad = torch.cat([pad.new_zeros(b, vision.shape[1] + compressed.shape[1]), pad], dim=1)
-    x = model.prefusion(torch.cat([vision, compressed, text], dim=1), full_pad)
-    q = compressed.shape[1]
-    return x[:, -n - q : -n], torch.where(pad[..., None], text, x[:, -n:])
-
-
 def run_module(ctx: BenchContext) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -153,7 +136,7 @@ def run_module(ctx: BenchContext) -> None:
     pad = torch.zeros(1, N_TEXT, dtype=torch.bool, device=device)
     pad[:, 1] = True  # the image placeholder is a padded row of the official pre-fusion
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        _official_prefusion(model, vision, comp, text, pad)
+        model.official_prefusion(vision, comp, text, pad)
     per_question = counter.get_total_flops()
     questions = [torch.randn_like(text) for _ in range(5)]
     frames = 16 if ctx.quick else 64
@@ -162,18 +145,18 @@ def run_module(ctx: BenchContext) -> None:
     def official_video():
         total = None
         for t in range(frames):
-            _, txt = _official_prefusion(model, video[0][:, t], video[1][:, t], text, pad)
+            _, txt = model.official_prefusion(video[0][:, t], video[1][:, t], text, pad)
             total = txt.float() if total is None else total + txt.float()
         return (total / frames).to(dtype)
 
-    chunk = video_chunk(device)
+    chunk = model.VIDEO_CHUNK_FRAMES[device]
 
     def fused_video():
         chunks = ((video[0][:, t : t + chunk], video[1][:, t : t + chunk]) for t in range(0, frames, chunk))
         return fused.fuse_video(chunks, text, pad)
 
     def five_official():
-        return [_official_prefusion(model, vision, comp, t, pad) for t in questions]
+        return [model.official_prefusion(vision, comp, t, pad) for t in questions]
 
     def five_fused():
         *_, cache = fused(vision, comp, questions[0], pad, return_cache=True)
@@ -185,15 +168,15 @@ def run_module(ctx: BenchContext) -> None:
                min_run_time=0.0)  # fmt: skip
     cache = fused.prefill(vision, comp)
     with torch.no_grad():
-        ctx.measure("module 1 question", "official eager", lambda: _official_prefusion(model, vision, comp, text, pad),
+        ctx.measure("module 1 question", "official eager", lambda: model.official_prefusion(vision, comp, text, pad),
                     **one)  # fmt: skip
         if not ctx.quick:
-            compiled = torch.compile(_official_prefusion)
+            compiled = torch.compile(model.official_prefusion)
             ctx.measure("module 1 question", "official torch.compile",
-                        lambda: compiled(model, vision, comp, text, pad), **one)  # fmt: skip
+                        lambda: compiled(vision, comp, text, pad), **one)  # fmt: skip
         ctx.measure("module 1 question", "FusedPreFusion", lambda: fused(vision, comp, text, pad), **one)
         ctx.measure("module follow-up question", "official eager",
-                    lambda: _official_prefusion(model, vision, comp, questions[1], pad), **one)  # fmt: skip
+                    lambda: model.official_prefusion(vision, comp, questions[1], pad), **one)  # fmt: skip
         ctx.measure("module follow-up question", "FusedPreFusion (cached)",
                     lambda: fused.fuse(cache, questions[1], pad), **one)  # fmt: skip
         ctx.measure("module 5 questions, 1 image", "official eager", five_official, **five)

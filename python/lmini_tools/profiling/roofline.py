@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,48 +65,28 @@ class Row:
     bound: str
 
 
-def _best_time(fn, sync, repeats: int) -> float:
-    """Fastest of ``repeats`` (after one warm-up): a ceiling is the best the device does."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def measure_peaks(
-    device: str | None = None, *, copy_mb: int = 256, matmul_n: int | None = None, repeats: int = 5
+    device: str | None = None, *, copy_mb: int = 256, matmul_n: int | None = None, min_run_time: float = 0.5
 ) -> Peaks:
     """Measure the copy bandwidth and matmul rate of ``device`` (default: cuda if present, else cpu).
 
     Bandwidth counts read + write of a ``copy_mb`` MB tensor copy; the rate is 2 n^3 / time of
-    an n x n matmul (float16 on the GPU, float32 on the CPU). Best of ``repeats``."""
+    an n x n matmul (float16 on the GPU, float32 on the CPU). From the fastest run (a ceiling is
+    the best the device does), timed by the benchmark harness."""
     import torch
+
+    from lmini_tools.bench.harness import copy_bandwidth_gbps, matmul_tflops
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        dtype, n = torch.float16, matmul_n or 8192
-        sync = torch.cuda.synchronize
-    else:
-        dtype, n = torch.float32, matmul_n or 2048
-        sync = lambda: None  # noqa: E731
-    numel = copy_mb * 1_000_000 // 4
-    src = torch.randn(numel, device=device)
-    dst = torch.empty_like(src)
-    t_copy = _best_time(lambda: dst.copy_(src), sync, repeats)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    t_mm = _best_time(lambda: torch.mm(a, b), sync, repeats)
+    dtype, n = (torch.float16, matmul_n or 8192) if device == "cuda" else (torch.float32, matmul_n or 2048)
+    gbps = copy_bandwidth_gbps(device, copy_mb * 1_000_000, min_run_time=min_run_time, best=True)
+    tflops = matmul_tflops(device, n, dtype, min_run_time=min_run_time, best=True)
     if device == "cuda":
         what = f"measured on {torch.cuda.get_device_name()}: {copy_mb} MB copy, {n}^3 fp16 matmul"
     else:
         what = f"measured on cpu ({torch.get_num_threads()} threads): {copy_mb} MB copy, {n}^3 fp32 matmul"
-    return Peaks(2 * numel * 4 / t_copy / 1e9, 2 * n**3 / t_mm / 1e12, what)
+    return Peaks(gbps, tflops, what)
 
 
 def load_results(paths: list[str]) -> tuple[list[dict], dict, list[str]]:
