@@ -290,7 +290,7 @@ class FusedPreFusion(nn.Module):
             tc = vision.shape[1]
             text = text_embeds[:, None].expand(b, tc, n, h).flatten(0, 1)
             mask = text_padding_mask[:, None].expand(b, tc, n).flatten(0, 1)
-            comp, fused = self.forward(vision.flatten(0, 1), compressed.flatten(0, 1), text, mask)
+            comp, fused = self(vision.flatten(0, 1), compressed.flatten(0, 1), text, mask)  # hooks see each chunk
             # a copy: the slice would pin every row of the chunk's last activations (Q + L per frame)
             tokens.append(comp.unflatten(0, (b, tc)).flatten(1, 2).contiguous())
             s = fused.float().unflatten(0, (b, tc)).sum(1)

@@ -73,9 +73,36 @@ def test_demo_main_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
         assert stage in out
     row = next(line for line in out.splitlines() if line.startswith("vision tokens -> LLM"))
     assert row.split()[-4:] == ["16", "1", "64", "4"]  # tiny: 4x4 patches vs C*C = 1, per frame
+    # the stages that run on the default (fused) path are timed: LLaVA-Mini columns have pre-fusion
+    prefusion = next(line for line in out.splitlines() if line.startswith("pre-fusion")).split()[1:]
+    assert prefusion[0] == "-" and prefusion[2] == "-" and float(prefusion[1]) > 0 and float(prefusion[3]) > 0
     real = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  llava")}
     assert real["llava-v1.5-7b"] == "576" and real["llava-mini-vicuna-7b"] == "1"
     assert real["llava-mini-hd-vicuna-7b"] == "64"
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [(["--backend", "foo"], "invalid choice"), (["--frames", "0"], "positive integer"),
+     (["--text-tokens", "1"], "at least 2"), (["--device", "tpu"], "invalid choice")],
+)  # fmt: skip
+def test_demo_bad_arguments_exit_2_with_one_line(argv, words, capsys: pytest.CaptureFixture[str]) -> None:
+    from lmini_tools.cli import main as lmini_main
+
+    with pytest.raises(SystemExit) as exc:
+        lmini_main(["demo", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert words in err[-1] and "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: --device cuda is valid here")
+def test_demo_device_cuda_without_gpu_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from lmini_tools.cli import main as lmini_main
+
+    assert lmini_main(["demo", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda: no CUDA GPU" in err[0]
 
 
 def test_demo_hd_and_dash_dash(capsys: pytest.CaptureFixture[str]) -> None:
