@@ -1,4 +1,4 @@
-// Math shared by the CPU kernels (csrc/cpu) and the CUDA kernels (csrc/cuda), so both
+// Math shared by the CPU kernels (ops/*/cpu.cpp) and the CUDA kernels (ops/*/kernel.cuh), so both
 // compute with the same formulas. No torch headers: plain C++ that nvcc compiles for the
 // device and g++ for the host.
 #pragma once

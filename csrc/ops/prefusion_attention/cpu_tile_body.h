@@ -1,9 +1,10 @@
-// Tile body of the CPU pre-fusion attention (csrc/cpu/prefusion_attention.cpp).
+// Tile body of the CPU pre-fusion attention (cpu.cpp).
 //
-// Included twice by that file, inside two namespaces: once for the build's default ISA and
-// once under `#pragma GCC target("avx2,fma")`, so that the same loops are vectorised for
-// whichever the running CPU supports (the extension is built without -march flags). No
-// torch types here: plain pointers, fp32 math. Do not include it anywhere else.
+// Included three times by cpu.cpp, inside three namespaces: for the build's default ISA, under
+// `#pragma GCC target("avx2,fma")` and under the AVX-512 target, each with its own register
+// width kW and blocking constants, so that the same loops are vectorised for whichever the
+// running CPU supports (the extension is built without -march flags; lmini/cpu/isa.h picks
+// the copy). No torch types here: plain pointers, fp32 math. Do not include it anywhere else.
 //
 // One call computes one task: batch b, key/value head hk, query rows [q0, q0 + bm) of every
 // query head of the GQA group (rows ordered (query, head-in-group)), streaming the keys in
