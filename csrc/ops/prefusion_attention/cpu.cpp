@@ -25,6 +25,7 @@
 
 #include "lmini/cpu/isa.h"
 #include "lmini/cpu/row_convert.h"
+#include "lmini/math.h"
 #include "lmini/torch_utils.h"
 #include "schema.h"
 
