@@ -1,12 +1,19 @@
-"""Build lmini-kernels: one torch extension, ``lmini_kernels._C``, plus the test-only host
-SIMT module ``lmini_kernels._emu``.
+"""Build lmini-kernels: one torch extension, ``lmini_kernels._C``, plus the test-only torch
+extension ``lmini_kernels._emu`` (the CUDA kernels emulated on the CPU).
 
-* CPU kernels (``csrc/cpu``) always build, with OpenMP.
-* CUDA kernels (``csrc/cuda``) build when torch has CUDA and a CUDA toolkit is found, or
-  when ``LMINI_FORCE_CUDA=1`` (which fails loudly if they cannot); ``LMINI_SKIP_CUDA=1``
-  skips them. Architectures: ``TORCH_CUDA_ARCH_LIST``, default ``8.0;9.0``.
-* ``_emu`` (the CUDA kernel bodies compiled by g++ against ``csrc/emu/simt.h``) builds when
-  the CUDA headers are found; it needs no GPU and no CUDA torch.
+Every op lives in ``csrc/ops/<op>/``; the sources are collected by glob, so adding an op
+touches neither this file nor any shared C++ file.
+
+* CPU kernels (``csrc/ops/*/cpu.cpp``, each declaring its op's schema) always build, with
+  OpenMP.
+* CUDA kernels (``csrc/ops/*/launcher.cu``, torch-free, and their registrations
+  ``csrc/ops/*/cuda.cpp``) build when torch has CUDA and a CUDA toolkit is found, or when
+  ``LMINI_FORCE_CUDA=1`` (which fails loudly if they cannot); ``LMINI_SKIP_CUDA=1`` skips
+  them. Architectures: ``TORCH_CUDA_ARCH_LIST``, default ``8.0;9.0``.
+* ``_emu`` (``csrc/ops/*/emu.cpp``: each launcher compiled by g++ against the host SIMT layer
+  ``csrc/emu/simt.h``, registered as ``torch.ops.lmini_emu.<op>`` with the schema and the
+  CUDA glue of ``lmini::<op>``, on CPU tensors) builds when the CUDA headers are found and
+  ``LMINI_SKIP_EMU`` is not set; it needs no GPU and no CUDA torch.
 * ``MAX_JOBS`` limits parallel compile jobs (ninja).
 
 What was compiled is recorded in ``lmini_kernels.build_info()``.
@@ -139,9 +146,9 @@ def main() -> None:
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)  # noqa: E731
     include_dirs = [str(CSRC / "include"), str(CSRC)]
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-Wno-unused-function"]
-    sources = rel([CSRC / "ops.cpp", *CSRC.glob("cpu/*.cpp")])
+    sources = rel([CSRC / "module.cpp", *CSRC.glob("ops/*/cpu.cpp")])
     if build_cuda:
-        sources += rel([*CSRC.glob("cuda/*.cu"), *CSRC.glob("cuda/*.cpp")])
+        sources += rel([*CSRC.glob("ops/*/launcher.cu"), *CSRC.glob("ops/*/cuda.cpp")])
         ext = cpp_extension.CUDAExtension(
             "lmini_kernels._C",
             sources,
@@ -164,16 +171,14 @@ def main() -> None:
     ext_modules = [ext]
 
     if cuda_home is not None and not _env_flag("LMINI_SKIP_EMU"):
-        from pybind11.setup_helpers import Pybind11Extension
-
+        # A CPU-only torch extension: the CUDA toolkit gives only headers (cuda_fp16.h etc.).
         ext_modules.append(
-            Pybind11Extension(
+            cpp_extension.CppExtension(
                 "lmini_kernels._emu",
-                rel([CSRC / "emu" / "module.cpp", CSRC / "emu" / "kernels.cpp"]),
+                rel([CSRC / "emu" / "module.cpp", *CSRC.glob("ops/*/emu.cpp")]),
                 include_dirs=[str(cuda_home / "include"), *include_dirs],
                 define_macros=[("LMINI_EMU", "1")],
-                cxx_std=20,
-                extra_compile_args=["-O2", "-pthread", "-Wno-unused-function"],
+                extra_compile_args={"cxx": ["-O2", "-std=c++20", "-pthread", "-Wno-unused-function"]},
                 extra_link_args=["-pthread"],
             )
         )

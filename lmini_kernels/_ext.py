@@ -56,6 +56,13 @@ def build_info() -> dict[str, Any]:
     return info
 
 
+def op_namespaces() -> list[str]:
+    """The ``torch.ops`` namespaces the loaded builds define: ``lmini`` (``_C``) and
+    ``lmini_emu`` (``_emu``: the CUDA kernels emulated on CPU tensors, with the same schemas).
+    Every C++ op gets its fake kernel and autograd formula in each of them."""
+    return [ns for ns, lib in (("lmini", _C), ("lmini_emu", _emu)) if lib is not None]
+
+
 def compiled_cuda() -> bool:
     """True when ``_C`` was built with the CUDA kernels."""
     return _C is not None and "cuda" in build_info().get("backends_compiled", [])

@@ -1,4 +1,4 @@
-// Math shared by the CPU kernels (csrc/cpu) and the CUDA kernels (csrc/cuda), so both
+// Math shared by the CPU kernels (ops/*/cpu.cpp) and the CUDA kernels (ops/*/kernel.cuh), so both
 // compute with the same formulas. No torch headers: plain C++ that nvcc compiles for the
 // device and g++ for the host.
 #pragma once
@@ -39,11 +39,17 @@ LMINI_HD float softmax_prob(SoftmaxState s, float logit) {
 // exp(x) for x <= 0 (a softmax argument x - max), branch-free so loops over it vectorize:
 // exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 split in
 // two so r is exact), exp(r) by its degree-6 Taylor polynomial (relative error < 3e-7 there,
-// the float rounding of the result dominates). Below -87.3 the result underflows: 0.
+// the float rounding of the result dominates). Below -87.3 the result underflows: 0. The one
+// exponential of the CPU kernels' softmax loops.
+// n by adding and subtracting 1.5 * 2^23 (rounds to nearest for |v| < 2^22; compilers do not fold
+// it without -ffast-math): plain arithmetic that vectorises in every ISA copy. nearbyintf is a
+// libm call per element without SSE4.1 (the baseline x86-64 copies) and floorf kept GCC 12 from
+// vectorising the AVX-512 copies.
 LMINI_HD float exp_nonpositive(float x) {
   const bool underflow = !(x >= -87.3f);  // also true for -inf (and NaN)
   x = underflow ? -87.3f : x;
-  const float n = nearbyintf(x * 1.44269504088896341f);
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
   float p = 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;

@@ -1,4 +1,5 @@
-// Helpers for the torch-facing C++ (CPU kernels and CUDA registrations).
+// Helpers for the torch-facing C++: the CPU kernels (ops/*/cpu.cpp) and the CUDA glue
+// (ops/*/glue.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -6,9 +7,10 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
-#include <cstdlib>
+#include <string>
 
-#include "lmini/launchers.h"
+#include "lmini/dtype.h"
+#include "lmini/env.h"
 
 namespace lmini {
 
@@ -24,17 +26,21 @@ inline DType dtype_of(const at::Tensor& t, const char* name) {
 
 // Tests set LMINI_POISON_OUTPUTS=1: every output is filled with NaN before the kernel runs,
 // so an element the kernel forgets to write fails the comparison with the reference.
-inline bool poison_outputs() {
-  static const bool on = [] {
-    const char* v = std::getenv("LMINI_POISON_OUTPUTS");
-    return v != nullptr && v[0] == '1';
-  }();
-  return on;
+inline at::Tensor new_output(at::Tensor t) {
+  if (t.is_floating_point() && env_flag("LMINI_POISON_OUTPUTS")) t.fill_(NAN);
+  return t;
 }
 
-inline at::Tensor new_output(at::Tensor t) {
-  if (poison_outputs() && t.is_floating_point()) t.fill_(NAN);
-  return t;
+// The launchers return nullptr or an error message.
+inline void check_launch(const char* err, const std::string& op) {
+  TORCH_CHECK(err == nullptr, op, ": launch failed: ", err ? err : "");
+}
+
+// "<namespace>::<op> (<device>)", the name of an op in the messages of a CUDA glue
+// (ops/*/glue.h) run under a device policy (lmini/cuda_device.h).
+template <typename Device>
+std::string op_label(const char* op) {
+  return std::string(Device::kNamespace) + "::" + op + " (" + Device::kName + ")";
 }
 
 }  // namespace lmini

@@ -13,9 +13,10 @@ independent chunks merged at the end (0: the kernel picks); results do not depen
 rounding. All ops share one fake implementation and one analytic backward
 (:func:`lmini_kernels.ops.compress.folded.core_backward`).
 
-Ops: ``lmini::compress_folded`` (C++: CPU kernel in csrc/cpu/compress.cpp, CUDA kernel in
-csrc/cuda/compress.cu), ``lmini::compress_folded_torch`` (plain PyTorch, any dtype: the float64
-gradcheck route), ``lmini::compress_folded_triton`` (lmini_kernels/ops/compress/triton.py).
+Ops: ``lmini::compress_folded`` (C++ in csrc/ops/compress/: CPU kernel cpu.cpp, CUDA kernel
+kernel.cuh), its twin ``lmini_emu::compress_folded`` (the CUDA kernel on CPU tensors through the
+host SIMT layer, tests only), ``lmini::compress_folded_torch`` (plain PyTorch, any dtype: the
+float64 gradcheck route), ``lmini::compress_folded_triton`` (lmini_kernels/ops/compress/triton.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import torch
 
 from lmini_kernels import _ext
-from lmini_kernels.backends import DTYPE_CODES
 from lmini_kernels.ops.compress.folded import core_backward, core_torch
 from lmini_kernels.outputs import new_output
 
@@ -66,53 +66,10 @@ def core_cpp(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, spli
 
 
 def core_emulated(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0):
-    """The CUDA kernel body on CPU tensors through the host SIMT layer (tests only, no autograd)."""
-    if x.stride(2) != 1:
-        x = x.contiguous()
-    batch, n, dim = x.shape
-    k = a.shape[0]
-    a, p = a.contiguous(), p.contiguous()
-    acc = new_output((batch, k, dim), torch.float32, x.device)
-    lse = new_output((batch, k), torch.float32, x.device)
-    chunk = -(-n // max(1, min(splits, n)))
-    splits = -(-n // chunk)  # no empty chunk
-    part = torch.empty((batch, splits, k, dim + 2), dtype=torch.float32) if splits > 1 else acc
-    if batch and k:
-        _ext._emu.compress_folded(
-            x.data_ptr(), a.data_ptr(), p.data_ptr(), acc.data_ptr(), lse.data_ptr(), part.data_ptr(),
-            DTYPE_CODES[x.dtype], batch, n, dim, k, x.stride(0), x.stride(1), float(eps), splits,
-        )  # fmt: skip
-    return acc, lse
+    """The CUDA kernel and its glue on CPU tensors through the host SIMT layer (tests only)."""
+    return torch.ops.lmini_emu.compress_folded(x, a, p, eps, splits)
 
 
-def _epilogue_fake(acc, wv, bv, wo, bo):
-    return acc.new_empty((acc.shape[0], acc.shape[2]))
-
-
-def _epilogue_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
-
-
-def _epilogue_backward(ctx, g):
-    """out = Wo concat_h(Wv_h acc_h + bv_h) + bo, differentiated in PyTorch."""
-    acc, wv, bv, wo, _ = ctx.saved_tensors
-    rows, heads, dim = acc.shape
-    dh = dim // heads
-    o = torch.einsum("rhd,hed->rhe", acc, wv) + bv.view(heads, dh)
-    go = (g @ wo).view(rows, heads, dh)
-    return (torch.einsum("rhe,hed->rhd", go, wv), torch.einsum("rhe,rhd->hed", go, acc), go.sum(0).reshape(dim),
-            g.t() @ o.reshape(rows, dim), g.sum(0))  # fmt: skip
-
-
-def has_cpu_epilogue() -> bool:
-    """True when the C++ epilogue (csrc/cpu/compress.cpp) is built."""
-    return _ext._C is not None and hasattr(torch.ops.lmini, "compress_epilogue")
-
-
-if has_cpu_epilogue():
-    torch.library.register_fake("lmini::compress_epilogue")(_epilogue_fake)
-    torch.library.register_autograd("lmini::compress_epilogue", _epilogue_backward, setup_context=_epilogue_setup)
-
-if _ext._C is not None and hasattr(torch.ops.lmini, "compress_folded"):
-    torch.library.register_fake("lmini::compress_folded")(core_fake)
-    torch.library.register_autograd("lmini::compress_folded", core_autograd_backward, setup_context=core_setup)
+for _ns in _ext.op_namespaces():
+    torch.library.register_fake(f"{_ns}::compress_folded")(core_fake)
+    torch.library.register_autograd(f"{_ns}::compress_folded", core_autograd_backward, setup_context=core_setup)

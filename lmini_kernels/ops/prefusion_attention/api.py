@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lmini_kernels import _ext
-from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, reference_backend, triton_backend
+from lmini_kernels.backends import cpu_backend, cuda_backend, reference_backend, triton_backend
 from lmini_kernels.checks import check_same, check_tensor
 from lmini_kernels.dispatch import registry
 from lmini_kernels.nvtx import annotate
@@ -38,30 +38,8 @@ def _run_triton(q, k, v, causal, key_padding_mask, softmax_scale):
 
 
 def _run_emulated(q, k, v, causal, key_padding_mask, softmax_scale):
-    """The CUDA kernel body on the CPU (host SIMT layer). No autograd: tests only."""
-    b, lq, hq, d = q.shape
-    lk, hkv = k.shape[1], k.shape[2]
-    qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
-    out = new_output((b, lq, hq, d), q.dtype, q.device)
-    pad = None if key_padding_mask is None else key_padding_mask.contiguous()
-    if out.numel():
-        _ext._emu.prefusion_attention(
-            qc.data_ptr(),
-            kc.data_ptr(),
-            vc.data_ptr(),
-            out.data_ptr(),
-            0 if pad is None else pad.data_ptr(),
-            DTYPE_CODES[q.dtype],
-            b,
-            lq,
-            lk,
-            hq,
-            hkv,
-            d,
-            bool(causal),
-            _scale(q, softmax_scale),
-        )
-    return out
+    """The CUDA kernel and its glue on CPU tensors (host SIMT layer): tests only."""
+    return torch.ops.lmini_emu.prefusion_attention(q, k, v, causal, key_padding_mask, _scale(q, softmax_scale))
 
 
 def _check_cpu(head_dim: int) -> list[str]:
@@ -110,8 +88,8 @@ def prefusion_attention(
     Returns:
         (B, Lq, Hq, d) contiguous, in q's dtype; softmax and accumulation in float32. A query
         row whose every visible key is masked returns zeros, never NaN. Differentiable on the
-        reference, cpu (backward through the reference math) and triton (Triton backward
-        kernels) backends; not on the cuda backend.
+        reference, cpu and cuda (backward through the reference math) and triton (Triton
+        backward kernels) backends.
     """
     check_tensor("q", q, ndim=4)
     check_tensor("k", k, ndim=4)
@@ -140,9 +118,10 @@ def _fake(q, k, v, causal, key_padding_mask, scale):
     return q.new_empty(q.shape)
 
 
+for _ns in _ext.op_namespaces():
+    torch.library.register_fake(f"{_ns}::prefusion_attention")(_fake)
+    torch.library.register_autograd(f"{_ns}::prefusion_attention", autograd_backward, setup_context=autograd_setup)
 if _ext._C is not None:
-    torch.library.register_fake("lmini::prefusion_attention")(_fake)
-    torch.library.register_autograd("lmini::prefusion_attention", autograd_backward, setup_context=autograd_setup)
     from torch.utils.flop_counter import register_flop_formula
 
     register_flop_formula(torch.ops.lmini.prefusion_attention)(attention_flops)

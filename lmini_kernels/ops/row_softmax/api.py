@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lmini_kernels import _ext
-from lmini_kernels.backends import DTYPE_CODES, cpu_backend, cuda_backend, reference_backend, triton_backend
+from lmini_kernels.backends import cpu_backend, cuda_backend, reference_backend, triton_backend
 from lmini_kernels.checks import check_tensor
 from lmini_kernels.dispatch import registry
 from lmini_kernels.nvtx import annotate
@@ -24,14 +24,8 @@ def _run_triton(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _run_emulated(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """The CUDA kernel body on the CPU (host SIMT layer). No autograd: tests only."""
-    xc = x.contiguous()
-    y = new_output(xc.shape, xc.dtype, xc.device)
-    cols = xc.shape[-1] if xc.dim() else 1
-    rows = xc.numel() // cols if cols else 0
-    if rows:
-        _ext._emu.row_softmax(xc.data_ptr(), y.data_ptr(), DTYPE_CODES[xc.dtype], rows, cols, cols, cols, scale)
-    return y
+    """The CUDA kernel and its glue on CPU tensors (host SIMT layer): tests only."""
+    return torch.ops.lmini_emu.row_softmax(x, scale)
 
 
 _REG = registry("row_softmax")
@@ -54,8 +48,7 @@ def row_softmax(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -
 
     Returns:
         A contiguous tensor of x's shape and dtype; math in float32. A row whose logits are
-        all -inf gives zeros, never NaN. Differentiable on every backend except the emulated
-        CUDA route.
+        all -inf gives zeros, never NaN. Differentiable on every backend.
     """
     check_tensor("x", x)
     if x.dim() == 0:
@@ -63,6 +56,6 @@ def row_softmax(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -
     return _REG.select(backend, {"x": x}).run(x, float(scale))
 
 
-if _ext._C is not None:
-    torch.library.register_fake("lmini::row_softmax")(lambda x, scale: x.new_empty(x.shape))
-    torch.library.register_autograd("lmini::row_softmax", autograd_backward, setup_context=autograd_setup)
+for _ns in _ext.op_namespaces():
+    torch.library.register_fake(f"{_ns}::row_softmax")(lambda x, scale: x.new_empty(x.shape))
+    torch.library.register_autograd(f"{_ns}::row_softmax", autograd_backward, setup_context=autograd_setup)

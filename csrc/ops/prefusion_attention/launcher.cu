@@ -1,7 +1,6 @@
-// Launcher of lmini::prefusion_attention_kernel (csrc/include/lmini/kernels/prefusion_attention.cuh).
-// Torch-free: compiled by nvcc into lmini_kernels._C and by g++ into lmini_kernels._emu.
-#include "lmini/kernels/prefusion_attention.cuh"
-#include "lmini/launchers.h"
+// Launcher of lmini::prefusion_attention_kernel (kernel.cuh); see launcher.h.
+#include "kernel.cuh"
+#include "launcher.h"
 
 namespace lmini::cuda {
 namespace {

@@ -1,34 +1,15 @@
-// Tile body of the CPU pre-fusion attention (csrc/cpu/prefusion_attention.cpp).
+// Tile body of the CPU pre-fusion attention (cpu.cpp).
 //
-// Included twice by that file, inside two namespaces: once for the build's default ISA and
-// once under `#pragma GCC target("avx2,fma")`, so that the same loops are vectorised for
-// whichever the running CPU supports (the extension is built without -march flags). No
-// torch types here: plain pointers, fp32 math. Do not include it anywhere else.
+// Included three times by cpu.cpp, inside three namespaces: for the build's default ISA, under
+// `#pragma GCC target("avx2,fma")` and under the AVX-512 target, each with its own register
+// width kW and blocking constants, so that the same loops are vectorised for whichever the
+// running CPU supports (the extension is built without -march flags; lmini/cpu/isa.h picks
+// the copy). No torch types here: plain pointers, fp32 math; exponentials are math.h's
+// exp_nonpositive. Do not include it anywhere else.
 //
 // One call computes one task: batch b, key/value head hk, query rows [q0, q0 + bm) of every
 // query head of the GQA group (rows ordered (query, head-in-group)), streaming the keys in
 // tiles of kTileN with the online softmax.
-
-// exp(x) for x <= 0 (and -inf -> 0) with ~2 ulp error: 2^n * p(r), r in [-ln2/2, ln2/2].
-// Pure arithmetic on floats and ints so the compiler vectorises a loop of it (std::exp is a
-// libm call per element).
-static inline float fast_exp(float x) {
-  const bool tiny = x < -87.0f;  // exp(-87) ~ 1.6e-38: below it (and for -inf) return exactly 0
-  x = tiny ? -87.0f : x;
-  const float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-  const float r = x - n * 0.693145751953125f - n * 1.42860682030941723212e-6f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int e = (static_cast<int>(n) + 127) << 23;
-  float scale;
-  __builtin_memcpy(&scale, &e, sizeof(scale));
-  return tiny ? 0.0f : p * scale;
-}
 
 // kW floats: one register of this copy's ISA (16 with AVX-512, 8 with AVX2, 4 with SSE). A GCC
 // vector wider than the target's registers has no machine mode and every operation on it goes
@@ -175,10 +156,10 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
         continue;
       }
       const float m_new = mx > mrow[r] ? mx : mrow[r];
-      const float alpha = fast_exp(mrow[r] - m_new);
+      const float alpha = exp_nonpositive(mrow[r] - m_new);
       float sum = 0.0f;
       for (int64_t j = 0; j < kTileN; ++j) {
-        sr[j] = fast_exp(sr[j] - m_new);
+        sr[j] = exp_nonpositive(sr[j] - m_new);
         sum += sr[j];
       }
       lrow[r] = lrow[r] * alpha + sum;

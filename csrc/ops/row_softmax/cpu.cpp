@@ -1,11 +1,12 @@
-// CPU implementation of lmini::row_softmax: y = softmax(scale * x) over the last dim.
+// CPU implementation of lmini::row_softmax: y = softmax(scale * x) over the last dim. The op's
+// schema is declared here too.
 //
 // One row per task (at::parallel_for). Per row: a max pass, one pass that writes
 // exp(scale * x - max) (the vectorizable lmini::exp_nonpositive of math.h) and sums it, and
 // a scaling pass; fp16/bf16 rows are converted to a float buffer once and back once. The row
-// function is compiled for AVX-512, AVX2 and baseline x86-64 (GCC target_clones picks one
-// at load time by CPU features). Bytes: one read and one write of x (rows stay in L1/L2
-// between passes): memory-bound; the floor is 2 * rows * cols * sizeof(T) / bandwidth.
+// function is compiled for AVX-512, AVX2 and baseline x86-64, one copy picked per call by
+// lmini/cpu/isa.h (LMINI_CPU_ISA caps it). Bytes: one read and one write of x (rows stay in
+// L1/L2 between passes): memory-bound; the floor is 2 * rows * cols * sizeof(T) / bandwidth.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -15,21 +16,17 @@
 
 #include <vector>
 
+#include "lmini/cpu/isa.h"
+#include "lmini/cpu/row_convert.h"
 #include "lmini/math.h"
 #include "lmini/torch_utils.h"
-#include "row_convert.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LMINI_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define LMINI_CPU_CLONES
-#endif
+#include "schema.h"
 
 namespace lmini::cpu {
 namespace {
 
 // out[i] = softmax(scale * in[i]); `out` may alias `in`. A row of -inf only gives zeros.
-LMINI_CPU_CLONES void softmax_row(const float* in, float* out, int64_t n, float scale) {
+__attribute__((always_inline)) inline void softmax_row_body(const float* in, float* out, int64_t n, float scale) {
   float m = -INFINITY;
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < n; ++i) m = std::max(m, scale * in[i]);
@@ -49,11 +46,22 @@ LMINI_CPU_CLONES void softmax_row(const float* in, float* out, int64_t n, float 
   for (int64_t i = 0; i < n; ++i) out[i] *= inv;
 }
 
+using SoftmaxRowFn = void (*)(const float*, float*, int64_t, float);
+#define LMINI_SOFTMAX_ROW_VARIANT(name, attr) \
+  attr void name(const float* in, float* out, int64_t n, float scale) { softmax_row_body(in, out, n, scale); }
+LMINI_SOFTMAX_ROW_VARIANT(softmax_row_baseline, )
+#if LMINI_X86_DISPATCH
+LMINI_SOFTMAX_ROW_VARIANT(softmax_row_avx2, LMINI_TARGET_AVX2)
+LMINI_SOFTMAX_ROW_VARIANT(softmax_row_avx512, LMINI_TARGET_AVX512)
+#endif
+
 template <typename T>
 void row_softmax_rows(const T* x, T* y, int64_t rows, int64_t cols, float scale) {
   // Half types: convert once (F16C for fp16, row_convert.h), compute in fp32, convert back.
-  const HalfRowFn load_half = pick_half_row_fn(true);
-  const HalfStoreFn store_half = pick_half_store_fn(true);
+  const Isa isa = cpu_isa();
+  const SoftmaxRowFn softmax_row = LMINI_ISA_PICK(isa, softmax_row);
+  const HalfRowFn load_half = pick_half_row_fn(isa != Isa::base);
+  const HalfStoreFn store_half = pick_half_store_fn(isa != Isa::base);
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<T, float>) {
       for (int64_t r = begin; r < end; ++r) softmax_row(x + r * cols, y + r * cols, cols, scale);
@@ -96,6 +104,8 @@ at::Tensor row_softmax(const at::Tensor& x_in, double scale) {
 }
 
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lmini, m) { m.def(kRowSoftmaxSchema); }
 
 TORCH_LIBRARY_IMPL(lmini, CPU, m) { m.impl("row_softmax", &row_softmax); }
 

@@ -1,5 +1,5 @@
 // CPU implementation of lmini::compress_folded, the streaming core of the folded compression
-// (lmini_kernels/ops/compress/core.py):
+// (lmini_kernels/ops/compress/core.py); the op's schema is declared here too:
 //
 //   y_j = LayerNorm(x_bj) without affine;  s_kj = a_k . y_j + p_kj
 //   acc_bk = sum_j softmax_j(s_k)_j y_j  (B, K, D) fp32;  lse_bk = logsumexp_j s_kj  (B, K) fp32
@@ -13,7 +13,8 @@
 // Bytes: B*N*D*sizeof(T) read, B*K*D*4 written. FLOPs: ~4*B*N*K*D (scores + weighted sums).
 // For LLaVA-Mini (K = 8, D = 1024) that is 16 FLOP per fp32 element loaded: the inner loops
 // must run as wide FMAs, so the hot function is compiled for AVX-512, AVX2 and baseline x86-64
-// (chosen at load time by CPU features) over GCC vector types of 16 floats.
+// over GCC vector types of one register each (16, 8 and 4 floats), one copy picked per call by
+// lmini/cpu/isa.h (LMINI_CPU_ISA caps it).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -27,14 +28,11 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu_isa.h"
+#include "lmini/cpu/isa.h"
+#include "lmini/cpu/row_convert.h"
 #include "lmini/math.h"
 #include "lmini/torch_utils.h"
-#include "row_convert.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LMINI_X86_DISPATCH 1
-#endif
+#include "schema.h"
 
 namespace lmini::cpu {
 namespace {
@@ -170,21 +168,9 @@ using TileFn = void (*)(float*, int, int64_t, int64_t, float, const float*, cons
 // Accumulators per score pass: 4 x TV vectors (8 of 16 xmm/ymm registers, 16 of 32 zmm).
 LMINI_TILE_VARIANT(process_tile_baseline, , 4, 2)
 #if LMINI_X86_DISPATCH
-// Chosen by CPU features (not CPU model, so AMD Zen 4 gets the AVX-512 one).
-LMINI_TILE_VARIANT(process_tile_avx2, __attribute__((target("avx2,fma"))), 8, 2)
-LMINI_TILE_VARIANT(process_tile_avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))), 16, 4)
+LMINI_TILE_VARIANT(process_tile_avx2, LMINI_TARGET_AVX2, 8, 2)
+LMINI_TILE_VARIANT(process_tile_avx512, LMINI_TARGET_AVX512, 16, 4)
 #endif
-
-TileFn pick_tile_fn(Isa isa) {
-#if LMINI_X86_DISPATCH
-  switch (isa) {
-    case Isa::avx512: return process_tile_avx512;
-    case Isa::avx2: return process_tile_avx2;
-    case Isa::base: break;
-  }
-#endif
-  return process_tile_baseline;
-}
 
 template <typename T>
 void load_rows(const T* x, int64_t sn, int tn, int64_t dim, int64_t dp, float* yt, HalfRowFn half_fn) {
@@ -210,7 +196,7 @@ void compress_folded_impl(const T* x, const float* a, const float* p, float* acc
   const int64_t chunk = (sh.n + sh.splits - 1) / sh.splits;
   const int64_t part_row = sh.dim + 2;  // (m, l, acc[dim]) per (task, k)
   const Isa isa = cpu_isa();
-  const TileFn process_tile = pick_tile_fn(isa);
+  const TileFn process_tile = LMINI_ISA_PICK(isa, process_tile);
   const HalfRowFn half_fn = pick_half_row_fn(isa != Isa::base);
   at::parallel_for(0, sh.batch * sh.splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<float, std::allocator<float>> yt(kTile * sh.dp), acc(sh.nk4 * sh.dp);
@@ -323,108 +309,10 @@ std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const
   return {acc, lse};
 }
 
-// ---- epilogue: out = out_proj(concat_h(Wv_h' acc_h + bv_h)) for every row (image, query) ----
-// One parallel region over blocks of kEpiRows rows, so each weight row is read once per block
-// (8 MB of weights per block at D = 1024; the rows' acc stay in L1/L2). A separate GEMM per
-// step would open three parallel regions, each costing a scheduler time slice on a busy CPU.
-
-constexpr int kEpiRows = 8;
-
-// y[r][j] = bias[j] + w[j, :] . x[r][:] for r < nr, j < nout; x rows of width nin, stride ldx.
-template <int W>
-__attribute__((always_inline)) inline void gemv_rows_body(const float* __restrict w, const float* __restrict bias,
-                                                          const float* __restrict x, int64_t ldx, int nr,
-                                                          int64_t nin, int64_t nout, float* __restrict y,
-                                                          int64_t ldy) {
-  using vf = typename VecOf<W>::type;
-  const int64_t nv = nin / W;
-  for (int64_t j = 0; j < nout; ++j) {
-    const float* wj = w + j * nin;
-    vf c[kEpiRows] = {};
-    for (int64_t i = 0; i < nv; ++i) {
-      vf wv;
-      std::memcpy(&wv, wj + i * W, sizeof(vf));
-      for (int r = 0; r < kEpiRows; ++r) {
-        if (r < nr) {
-          vf xv;
-          std::memcpy(&xv, x + r * ldx + i * W, sizeof(vf));
-          c[r] += wv * xv;
-        }
-      }
-    }
-    for (int r = 0; r < nr; ++r) {
-      float acc = hsum<W>(c[r]) + bias[j];
-      for (int64_t d = nv * W; d < nin; ++d) acc += wj[d] * x[r * ldx + d];
-      y[r * ldy + j] = acc;
-    }
-  }
-}
-
-using GemvFn = void (*)(const float*, const float*, const float*, int64_t, int, int64_t, int64_t, float*, int64_t);
-#define LMINI_GEMV_VARIANT(name, attr, W)                                                                      \
-  attr void name(const float* w, const float* bias, const float* x, int64_t ldx, int nr, int64_t nin,         \
-                 int64_t nout, float* y, int64_t ldy) {                                                        \
-    gemv_rows_body<W>(w, bias, x, ldx, nr, nin, nout, y, ldy);                                                 \
-  }
-LMINI_GEMV_VARIANT(gemv_rows_baseline, , 4)
-#if LMINI_X86_DISPATCH
-LMINI_GEMV_VARIANT(gemv_rows_avx2, __attribute__((target("avx2,fma"))), 8)
-LMINI_GEMV_VARIANT(gemv_rows_avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))), 16)
-#endif
-
-GemvFn pick_gemv_fn() {
-#if LMINI_X86_DISPATCH
-  switch (cpu_isa()) {
-    case Isa::avx512: return gemv_rows_avx512;
-    case Isa::avx2: return gemv_rows_avx2;
-    case Isa::base: break;
-  }
-#endif
-  return gemv_rows_baseline;
-}
-
-// acc (R, H, D) fp32, wv (H, dh, D), bv (H*dh = D), wo (D, D), bo (D) -> out (R, D) fp32.
-at::Tensor compress_epilogue(const at::Tensor& acc_in, const at::Tensor& wv_in, const at::Tensor& bv_in,
-                             const at::Tensor& wo_in, const at::Tensor& bo_in) {
-  const char* op = "lmini::compress_epilogue (CPU)";
-  for (const at::Tensor* t : {&acc_in, &wv_in, &bv_in, &wo_in, &bo_in}) {
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat, op, ": float32 CPU tensors expected");
-  }
-  TORCH_CHECK(acc_in.dim() == 3 && wv_in.dim() == 3 && wv_in.size(0) == acc_in.size(1) &&
-                  wv_in.size(2) == acc_in.size(2),
-              op, ": acc (R, H, D) and wv (H, dh, D) expected");
-  const int64_t rows = acc_in.size(0), heads = acc_in.size(1), dim = acc_in.size(2), dh = wv_in.size(1);
-  TORCH_CHECK(heads * dh == dim && bv_in.numel() == dim && wo_in.dim() == 2 && wo_in.size(0) == dim &&
-                  wo_in.size(1) == dim && bo_in.numel() == dim,
-              op, ": bv (D), wo (D, D), bo (D) with D = heads * dh expected");
-  const at::Tensor acc = acc_in.contiguous(), wv = wv_in.contiguous(), bv = bv_in.contiguous();
-  const at::Tensor wo = wo_in.contiguous(), bo = bo_in.contiguous();
-  at::Tensor out = new_output(at::empty({rows, dim}, acc.options()));
-  const float *a = acc.data_ptr<float>(), *w1 = wv.data_ptr<float>(), *b1 = bv.data_ptr<float>();
-  const float *w2 = wo.data_ptr<float>(), *b2 = bo.data_ptr<float>();
-  float* y = out.data_ptr<float>();
-  const int64_t blocks = (rows + kEpiRows - 1) / kEpiRows;
-  const GemvFn gemv_rows = pick_gemv_fn();
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> o(kEpiRows * dim);
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t r0 = blk * kEpiRows;
-      const int nr = int(std::min<int64_t>(kEpiRows, rows - r0));
-      for (int64_t h = 0; h < heads; ++h) {  // o[r, h*dh:(h+1)*dh] = Wv_h acc[r, h] + bv_h
-        gemv_rows(w1 + h * dh * dim, b1 + h * dh, a + (r0 * heads + h) * dim, heads * dim, nr, dim, dh,
-                  o.data() + h * dh, dim);
-      }
-      gemv_rows(w2, b2, o.data(), dim, nr, dim, dim, y + r0 * dim, dim);  // out = Wo o + bo
-    }
-  });
-  return out;
-}
-
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lmini, CPU, m) {
-  m.impl("compress_folded", &compress_folded);
-  m.impl("compress_epilogue", &compress_epilogue);
-}
+TORCH_LIBRARY_FRAGMENT(lmini, m) { m.def(kCompressFoldedSchema); }
+
+TORCH_LIBRARY_IMPL(lmini, CPU, m) { m.impl("compress_folded", &compress_folded); }
 
 }  // namespace lmini::cpu

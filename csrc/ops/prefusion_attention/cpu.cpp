@@ -1,4 +1,5 @@
 // CPU implementation of lmini::prefusion_attention: flash-attention forward in fp32 on the CPU.
+// The op's schema is declared here too.
 //
 // out[b, i, h, :] = sum_j softmax_j(scale * q[b, i, h] . k[b, j, h / G]) v[b, j, h / G] over the
 // keys j visible to query i: j <= Lk - Lq + i when causal (bottom-right alignment) and not
@@ -7,7 +8,8 @@
 // Tasks (at::parallel_for): (batch, kv head, tile of query rows); one task takes every query
 // head of its GQA group, so each K/V tile is converted to fp32 once for G heads. Keys stream
 // in tiles of kTileN = 64 with the online softmax; scores and P V are loops over 64 keys and
-// over d that the compiler vectorises (AVX2+FMA where the CPU has it, chosen at run time).
+// over d that the compiler vectorises: the tile body (cpu_tile_body.h) is compiled for
+// baseline x86-64, AVX2 and AVX-512, one copy picked per call by lmini/cpu/isa.h.
 // FLOPs: 4 * B * Hq * d * (visible pairs); bytes: q, k, v read once per query tile, out written.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -21,9 +23,11 @@
 #include <optional>
 #include <vector>
 
-#include "cpu_isa.h"
+#include "lmini/cpu/isa.h"
+#include "lmini/cpu/row_convert.h"
+#include "lmini/math.h"
 #include "lmini/torch_utils.h"
-#include "row_convert.h"
+#include "schema.h"
 
 namespace lmini::cpu {
 namespace {
@@ -51,7 +55,7 @@ constexpr int kW = 4;
 constexpr int kRowBlock = 2;
 constexpr int kScoreAcc = 8;
 constexpr int kPvRowBlock = 2;
-#include "prefusion_attention_body.h"
+#include "cpu_tile_body.h"
 }  // namespace isa_default
 
 #pragma GCC push_options
@@ -61,7 +65,7 @@ constexpr int kW = 8;
 constexpr int kRowBlock = 4;
 constexpr int kScoreAcc = 8;
 constexpr int kPvRowBlock = 4;
-#include "prefusion_attention_body.h"
+#include "cpu_tile_body.h"
 }  // namespace isa_avx2
 #pragma GCC pop_options
 
@@ -72,7 +76,7 @@ constexpr int kW = 16;
 constexpr int kRowBlock = 4;
 constexpr int kScoreAcc = 16;
 constexpr int kPvRowBlock = 4;
-#include "prefusion_attention_body.h"
+#include "cpu_tile_body.h"
 }  // namespace isa_avx512
 #pragma GCC pop_options
 
@@ -150,6 +154,8 @@ at::Tensor prefusion_attention(const at::Tensor& q_in, const at::Tensor& k_in, c
 }
 
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lmini, m) { m.def(kPrefusionAttentionSchema); }
 
 TORCH_LIBRARY_IMPL(lmini, CPU, m) { m.impl("prefusion_attention", &prefusion_attention); }
 

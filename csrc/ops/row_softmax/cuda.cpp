@@ -1,0 +1,8 @@
+// lmini::row_softmax on CUDA tensors: the glue (glue.h) under the CUDA device policy. Built
+// by the host compiler into lmini_kernels._C when the CUDA kernels are.
+#include <torch/library.h>
+
+#include "glue.h"
+#include "lmini/cuda_device.h"
+
+TORCH_LIBRARY_IMPL(lmini, CUDA, m) { m.impl("row_softmax", &lmini::row_softmax_glue<lmini::CudaDevice>); }
