@@ -99,7 +99,3 @@ def cuda_backend(
         check=check,
         verification_devices=_cpu_route_when(cuda_emulate),
     )
-
-
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-"""The ``lmini::DType`` codes of csrc/include/lmini/launchers.h."""

@@ -46,8 +46,11 @@ LMINI_HD float softmax_prob(SoftmaxState s, float logit) {
 // libm call per element without SSE4.1 (the baseline x86-64 copies) and floorf kept GCC 12 from
 // vectorising the AVX-512 copies.
 LMINI_HD float exp_nonpositive(float x) {
-  const bool underflow = !(x >= -87.3f);  // also true for -inf (and NaN)
-  x = underflow ? -87.3f : x;
+  // NaN stays NaN (a NaN logit poisons its softmax row, as in torch); -inf and below -87.3 give 0.
+  const float in = x;
+  const bool nan = x != x;
+  const bool underflow = x < -87.3f;
+  x = underflow || nan ? -87.3f : x;  // keeps the integer exponent below defined
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
   const float n = (x * 1.44269504088896341f + kRound) - kRound;
   const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
@@ -61,7 +64,7 @@ LMINI_HD float exp_nonpositive(float x) {
   const int32_t bits = (int32_t(n) + 127) << 23;  // 2^n, n in [-126, 0]
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return underflow ? 0.0f : p * scale;
+  return nan ? in : (underflow ? 0.0f : p * scale);
 }
 
 }  // namespace lmini
