@@ -25,7 +25,6 @@ import torch
 
 from lmini_kernels import _ext
 from lmini_kernels.ops.compress.folded import core_backward, core_torch
-from lmini_kernels.outputs import new_output
 
 
 def core_fake(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0):

@@ -15,7 +15,6 @@ from lmini_kernels.ops.prefusion_attention.reference import (
     autograd_setup,
     prefusion_attention_reference,
 )
-from lmini_kernels.outputs import new_output
 
 # Head dims the compiled kernels take (the reference takes any).
 CPU_MAX_HEAD_DIM = 256

@@ -10,7 +10,6 @@ from lmini_kernels.checks import check_tensor
 from lmini_kernels.dispatch import registry
 from lmini_kernels.nvtx import annotate
 from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup, row_softmax_reference
-from lmini_kernels.outputs import new_output
 
 
 def _run_cpp(x: torch.Tensor, scale: float) -> torch.Tensor:
