@@ -1,5 +1,5 @@
-"""Build lmini-kernels: one torch extension, ``lmini_kernels._C``, plus the test-only torch
-extension ``lmini_kernels._emu`` (the CUDA kernels emulated on the CPU).
+"""Build lmini-kernels: one torch extension, ``lmini_kernels._C``, plus, for development and
+tests, the torch extension ``lmini_kernels._emu`` (the CUDA kernels emulated on the CPU).
 
 Every op lives in ``csrc/ops/<op>/``; the sources are collected by glob, so adding an op
 touches neither this file nor any shared C++ file.
@@ -7,19 +7,20 @@ touches neither this file nor any shared C++ file.
 * CPU kernels (``csrc/ops/*/cpu.cpp``, each declaring its op's schema) always build, with
   OpenMP.
 * CUDA kernels (``csrc/ops/*/launcher.cu``, torch-free, and their registrations
-  ``csrc/ops/*/cuda.cpp``) build when torch has CUDA and a CUDA toolkit is found, or when
-  ``LMINI_FORCE_CUDA=1`` (which fails loudly if they cannot); ``LMINI_SKIP_CUDA=1`` skips
-  them. Architectures: ``TORCH_CUDA_ARCH_LIST``, default ``8.0;9.0``.
+  ``csrc/ops/*/cuda.cpp``) build when torch has CUDA and a CUDA toolkit is found.
+  ``LMINI_FORCE_CUDA=1`` refuses to build without them (one line, before compiling);
+  ``LMINI_SKIP_CUDA=1`` skips them. Architectures: ``TORCH_CUDA_ARCH_LIST``, default ``8.0;9.0``.
 * ``_emu`` (``csrc/ops/*/emu.cpp``: each launcher compiled by g++ against the host SIMT layer
   ``csrc/emu/simt.h``, registered as ``torch.ops.lmini_emu.<op>`` with the schema and the
-  CUDA glue of ``lmini::<op>``, on CPU tensors) builds when the CUDA headers are found and
-  ``LMINI_SKIP_EMU`` is not set; it needs no GPU and no CUDA torch.
+  CUDA glue of ``lmini::<op>``, on CPU tensors) builds only with ``LMINI_BUILD_EMU=1`` (what
+  ``.ci/setup`` does) and the CUDA headers; it needs no GPU and no CUDA torch.
 * ``MAX_JOBS`` limits parallel compile jobs (ninja).
 
-What was compiled is recorded in ``lmini_kernels.build_info()``.
-
-Install with ``pip install --no-build-isolation -e .`` so the build uses the torch that is
-installed (build isolation would fetch another torch, several GB, maybe another ABI).
+**torch is not a build requirement**: the extension is built against the torch already
+installed, found even under pip's build isolation (which hides it from sys.path) in this
+interpreter's own site-packages; with no torch a build refuses in one line (an sdist needs
+none). What was built, and for which torch, is written to ``lmini_kernels/_build_info.json``
+(readable without loading ``_C``), and the wheel requires that torch's ``major.minor``.
 """
 
 from __future__ import annotations
@@ -99,24 +100,92 @@ def nvidia_wheel_includes() -> list[str]:
     return sorted(set(d for d in dirs if os.path.isdir(d)))
 
 
-def main() -> None:
-    import torch
-    from torch.utils import cpp_extension
+#: setup.py commands that need no torch (sdist and its metadata).
+NO_TORCH_COMMANDS = {"sdist", "egg_info", "check", "clean", "--help", "-h", "--version"}
 
-    cuda_home = find_cuda_home()
-    skip_cuda = _env_flag("LMINI_SKIP_CUDA")
-    force_cuda = _env_flag("LMINI_FORCE_CUDA")
-    torch_has_cuda = torch.version.cuda is not None
+NO_TORCH = (
+    "lmini-kernels is built against the torch already installed in this environment, and there is none: "
+    "install torch first (pip install torch), then pip install --no-build-isolation ."
+)
+
+
+def import_build_torch():
+    """The installed torch, or None. Under pip's build isolation this interpreter's own
+    site-packages (where the user's torch lives) is hidden from sys.path; it is appended (after
+    the isolated build tools) so that the build uses that torch instead of fetching another."""
+    try:
+        import torch
+
+        return torch
+    except ImportError:
+        pass
+    import sysconfig
+
+    for key in ("purelib", "platlib"):
+        site = sysconfig.get_paths().get(key)
+        if site and (Path(site) / "torch").is_dir() and site not in sys.path:
+            sys.path.append(site)
+    try:
+        import torch
+
+        return torch
+    except ImportError:
+        return None
+
+
+def plan_cuda(*, skip: bool, force: bool, cuda_home: Path | None, torch_version: str, torch_cuda: str | None):
+    """(build the CUDA kernels?, the reasons they are not built). ``LMINI_FORCE_CUDA=1`` with a
+    reason against them is a SystemExit naming every reason, raised before anything compiles."""
     reasons: list[str] = []
-    if skip_cuda:
+    if skip:
         reasons.append("LMINI_SKIP_CUDA=1")
     if cuda_home is None:
         reasons.append("no CUDA toolkit found (set CUDA_HOME)")
-    if not torch_has_cuda:
-        reasons.append(f"torch {torch.__version__} is a CPU-only build")
-    build_cuda = not skip_cuda and cuda_home is not None and (torch_has_cuda or force_cuda)
-    if force_cuda and not build_cuda:
+    if torch_cuda is None:
+        reasons.append(f"torch {torch_version} is a CPU-only build (the CUDA kernels link against its CUDA libraries)")
+    if force and reasons:
         raise SystemExit(f"LMINI_FORCE_CUDA=1 but the CUDA kernels cannot be built: {'; '.join(reasons)}")
+    return not reasons, reasons
+
+
+def torch_requirement(torch_version: str) -> str:
+    """The torch a wheel built against ``torch_version`` needs: the same major.minor (the C++
+    ABI of torch changes between minor releases)."""
+    major, minor = torch_version.split("+")[0].split(".")[:2]
+    return f"torch=={major}.{minor}.*"
+
+
+RUNTIME_REQUIRES = ["numpy", "safetensors", "nvidia-ml-py"]
+
+
+def _packages() -> dict:
+    packages = find_packages(include=["lmini_kernels", "lmini_kernels.*"])
+    # python/: the reference model (llava_mini) and the tools above library and model (lmini_tools)
+    above = find_packages(where="python", include=["llava_mini", "llava_mini.*", "lmini_tools", "lmini_tools.*"])
+    return dict(
+        packages=packages + above,
+        package_dir={top: f"python/{top}" for top in ("llava_mini", "lmini_tools")},
+        package_data={"lmini_kernels": ["_build_info.json"]},
+    )
+
+
+def main() -> None:
+    torch = import_build_torch()
+    if torch is None:
+        if set(sys.argv[1:2]) <= NO_TORCH_COMMANDS:  # an sdist: sources only, any torch at install
+            setup(install_requires=["torch>=2.6", *RUNTIME_REQUIRES], **_packages())
+            return
+        raise SystemExit(NO_TORCH)
+    from torch.utils import cpp_extension
+
+    cuda_home = find_cuda_home()
+    build_cuda, reasons = plan_cuda(
+        skip=_env_flag("LMINI_SKIP_CUDA"),
+        force=_env_flag("LMINI_FORCE_CUDA"),
+        cuda_home=cuda_home,
+        torch_version=torch.__version__,
+        torch_cuda=torch.version.cuda,
+    )
 
     arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     if build_cuda:
@@ -142,6 +211,8 @@ def main() -> None:
     header = f'#pragma once\n#define LMINI_BUILD_INFO_JSON R"lmini({json.dumps(info)})lmini"\n'
     if not (gen / "build_info.h").exists() or (gen / "build_info.h").read_text() != header:
         (gen / "build_info.h").write_text(header)
+    # the same record as a file: lmini_kernels reads it when _C cannot load (another torch)
+    (ROOT / "lmini_kernels" / "_build_info.json").write_text(json.dumps(info, indent=1) + "\n")
 
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)  # noqa: E731
     include_dirs = [str(CSRC / "include"), str(CSRC)]
@@ -170,7 +241,7 @@ def main() -> None:
         )
     ext_modules = [ext]
 
-    if cuda_home is not None and not _env_flag("LMINI_SKIP_EMU"):
+    if cuda_home is not None and _env_flag("LMINI_BUILD_EMU"):
         # A CPU-only torch extension: the CUDA toolkit gives only headers (cuda_fp16.h etc.).
         ext_modules.append(
             cpp_extension.CppExtension(
@@ -183,12 +254,9 @@ def main() -> None:
             )
         )
 
-    packages = find_packages(include=["lmini_kernels", "lmini_kernels.*"])
-    # python/: the reference model (llava_mini) and the tools above library and model (lmini_tools)
-    above = find_packages(where="python", include=["llava_mini", "llava_mini.*", "lmini_tools", "lmini_tools.*"])
     setup(
-        packages=packages + above,
-        package_dir={top: f"python/{top}" for top in ("llava_mini", "lmini_tools")},
+        install_requires=[torch_requirement(torch.__version__), *RUNTIME_REQUIRES],
+        **_packages(),
         ext_modules=ext_modules,
         cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -47,10 +46,16 @@ def check_same(names_tensors: Iterable[tuple[str, torch.Tensor | None]], *, dtyp
 
 
 def square_root(n: int) -> int | None:
-    """The side G of a perfect square n = G*G (G >= 1), else None."""
+    """The side G of a perfect square n = G*G (G >= 1), else None. A symbolic size (torch.compile
+    with dynamic shapes) is specialised: the grid's side sets the position table's shape."""
+    n = int(n)
     if n < 1:
         return None
-    side = math.isqrt(n)
+    side = int(n**0.5)  # not math.isqrt: torch.compile cannot trace it; exact after the fix-ups
+    while side * side > n:
+        side -= 1
+    while (side + 1) * (side + 1) <= n:
+        side += 1
     return side if side * side == n else None
 
 

@@ -23,7 +23,7 @@ VARIABLES: dict[str, str] = {
     "LMINI_CPU_ISA": "value base|avx2: cap the vector ISA of the CPU kernels (default: the best the CPU has)",
     "LMINI_SKIP_CUDA": "build flag: do not build the CUDA kernels",
     "LMINI_FORCE_CUDA": "build flag: fail the build when the CUDA kernels cannot be built",
-    "LMINI_SKIP_EMU": "build flag: do not build the host SIMT module lmini_kernels._emu",
+    "LMINI_BUILD_EMU": "build flag: also build the host SIMT module lmini_kernels._emu (development and tests)",
     "LMINI_TEST_GPU": "tests: run the gpu-marked tests on a real GPU (verification routes off)",
     "TORCH_CUDA_ARCH_LIST": "build: CUDA architectures (default 8.0;9.0)",
     "MAX_JOBS": "build: parallel compile jobs",

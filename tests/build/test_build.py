@@ -50,3 +50,61 @@ def test_cuda_home_without_headers_is_rejected(tmp_path, monkeypatch):
     (broken / "bin" / "nvcc").write_text("")
     monkeypatch.setenv("CUDA_HOME", str(broken))
     assert setup.find_cuda_home() != broken
+
+
+def test_force_cuda_refuses_before_compiling_and_names_every_reason():
+    setup = _setup_module()
+    build, reasons = setup.plan_cuda(
+        skip=False, force=False, cuda_home=Path("/x"), torch_version="2.14.1", torch_cuda="13.0"
+    )
+    assert build and reasons == []
+    build, reasons = setup.plan_cuda(skip=False, force=False, cuda_home=None, torch_version="2.13.0", torch_cuda=None)
+    assert not build and len(reasons) == 2 and "CPU-only" in reasons[1]
+    import pytest
+
+    with pytest.raises(SystemExit, match="LMINI_FORCE_CUDA=1.*torch 2.13.0 is a CPU-only build"):
+        setup.plan_cuda(skip=False, force=True, cuda_home=Path("/x"), torch_version="2.13.0", torch_cuda=None)
+
+
+def test_wheels_require_the_torch_minor_they_were_built_for():
+    setup = _setup_module()
+    assert setup.torch_requirement("2.14.1+cu130") == "torch==2.14.*"
+    assert setup.torch_requirement("2.13.0") == "torch==2.13.*"
+
+
+def test_build_record_and_the_message_of_a_build_for_another_torch(tmp_path):
+    """A package whose _C cannot load says which torch it was built for and which one runs, from
+    the build record file (a bogus _C stands in for one built against another torch)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from lmini_kernels import _ext
+
+    assert _ext.read_build_record(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text("{not json")
+    assert _ext.read_build_record(tmp_path / "bad.json") is None
+    assert _ext.torch_mismatch(None) is None
+    import torch
+
+    same = {"torch": torch.__version__, "torch_cuda": torch.version.cuda}
+    assert _ext.torch_mismatch(same) is None
+    assert "built for torch 2.13.0" in _ext.torch_mismatch({"torch": "2.13.0", "torch_cuda": None})
+
+    pkg = tmp_path / "site" / "lmini_kernels"
+    shutil.copytree(ROOT / "lmini_kernels", pkg, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    (pkg / "_build_info.json").write_text(
+        json.dumps({"torch": "2.13.0", "torch_cuda": None, "backends_compiled": ["cpu"]})
+    )
+    import sysconfig
+
+    (pkg / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}").write_bytes(b"not a shared object")
+    code = "import lmini_kernels as lk, json; print(json.dumps(lk.build_info()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not info["extension_loaded"] and info["backends_compiled"] == []
+    assert "built for torch 2.13.0 (CUDA none), running torch " + torch.__version__ in info["extension_error"]
+    assert "--no-build-isolation" in info["extension_error"]
