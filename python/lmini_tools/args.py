@@ -44,17 +44,6 @@ def positive_float(text: str) -> float:
     return v
 
 
-def nonnegative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return v
-
-
 def resolve_device(name: str, arg: str = "--device") -> str:
     """ "auto" -> "cuda" when a GPU is present, else "cpu"; "cuda" without a GPU is a UsageError."""
     import torch
