@@ -116,11 +116,12 @@ class FusedResampler(nn.Module):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected a (B, N, kv_dim) tensor, got {shape}")
         n = x.shape[1]
-        folded = self.folded(n) if square_root(n) is not None and x.dtype == self.query.dtype else None
+        square = square_root(n) is not None  # else compress() refuses x, naming the token count
+        folded = self.folded(n) if square and x.dtype == self.query.dtype else None
         if folded is not None:
             pos_k = folded.pos_k  # cached with the fold (the bicubic resize is not free)
         else:
-            pos_k = compress_positions(self.pos_embed, n) if square_root(n) is not None else self.pos_embed[:0]
+            pos_k = compress_positions(self.pos_embed, n) if square else self.pos_embed[:0]
         return compress(
             x, self.weights(pos_k), need_weights=need_weights, algorithm=algorithm, backend=backend, folded=folded
         )
