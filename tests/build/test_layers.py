@@ -67,3 +67,44 @@ def test_importing_the_library_loads_neither_model_nor_tools():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def top_level_imports(path: Path) -> list[str]:
+    """Modules a file imports when it is imported (module-level statements, not function bodies)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append(node.module)
+    return out
+
+
+def test_only_kernel_files_import_triton_at_import_time():
+    """Triton is imported by the kernel files (ops/<op>/triton.py) alone, so importing the
+    library (and registering every op) needs no Triton and compiles nothing."""
+    folder = LAYERS["lmini_kernels"][0]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in sorted(folder.rglob("*.py"))
+        if p.name != "triton.py" and any(m.split(".")[0] == "triton" for m in top_level_imports(p))
+    ]
+    assert offenders == []
+
+
+def test_triton_ops_are_registered_at_import():
+    """Every Triton torch.library op exists right after ``import lmini_kernels`` (so the first
+    call may happen inside torch.compile tracing), before any kernel file is imported."""
+    code = (
+        "import sys, torch, lmini_kernels\n"
+        "ops = ['row_softmax_triton', 'compress_folded_triton', 'compress_folded_triton_bwd',\n"
+        "       'prefusion_attention_triton', 'prefusion_attention_triton_bwd']\n"
+        "print([o for o in ops if not hasattr(torch.ops.lmini, o)])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('lmini_kernels.ops.') and m.endswith('.triton')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    missing, kernel_modules = out.stdout.strip().splitlines()[-2:]
+    assert missing == "[]"
+    assert kernel_modules == "[]"

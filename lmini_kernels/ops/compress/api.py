@@ -10,6 +10,7 @@ from lmini_kernels.nvtx import annotate
 from lmini_kernels.ops.compress import core
 from lmini_kernels.ops.compress.folded import Folded, attention_weights, compress_projected, epilogue, fold
 from lmini_kernels.ops.compress.reference import compress_reference
+from lmini_kernels.ops.compress.triton_op import core_triton
 from lmini_kernels.ops.compress.weights import CompressWeights
 
 ALGORITHMS = ("auto", "folded", "projected")
@@ -58,12 +59,6 @@ def _run_reference(x, w: CompressWeights, *, need_weights=False, algorithm="auto
     return compress_reference(x, w, need_weights)
 
 
-def _run_triton_core(x, a, p, eps):
-    from lmini_kernels.ops.compress.triton import core_triton
-
-    return core_triton(x, a, p, eps)
-
-
 def _check_triton(dim: int, **_) -> list[str]:
     return [] if dim <= TRITON_MAX_DIM else [f"embed_dim {dim} > {TRITON_MAX_DIM} (the Triton kernel's register tile)"]
 
@@ -74,7 +69,7 @@ def _check_cuda(dim: int, **_) -> list[str]:
 
 _REG = registry("compress")
 _REG.register(cuda_backend(_fused(core.core_cpp), _fused(core.core_emulated), check=_check_cuda))
-_REG.register(triton_backend(_fused(_run_triton_core), check=_check_triton))
+_REG.register(triton_backend(_fused(core_triton), check=_check_triton))
 _REG.register(cpu_backend(_fused(core.core_cpp)))
 _REG.register(reference_backend(_run_reference))
 

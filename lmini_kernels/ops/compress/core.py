@@ -16,7 +16,7 @@ rounding. All ops share one fake implementation and one analytic backward
 Ops: ``lmini::compress_folded`` (C++ in csrc/ops/compress/: CPU kernel cpu.cpp, CUDA kernel
 kernel.cuh), its twin ``lmini_emu::compress_folded`` (the CUDA kernel on CPU tensors through the
 host SIMT layer, tests only), ``lmini::compress_folded_torch`` (plain PyTorch, any dtype: the
-float64 gradcheck route), ``lmini::compress_folded_triton`` (lmini_kernels/ops/compress/triton.py).
+float64 gradcheck route), ``lmini::compress_folded_triton`` and its backward (triton_op.py; kernels in triton.py).
 """
 
 from __future__ import annotations

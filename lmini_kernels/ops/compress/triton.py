@@ -29,8 +29,6 @@ import torch
 import triton
 import triton.language as tl
 
-from lmini_kernels.ops.compress.core import core_fake, core_setup
-from lmini_kernels.ops.compress.folded import core_backward
 from lmini_kernels.outputs import new_output
 from lmini_kernels.triton_aot import AotSpec
 
@@ -171,11 +169,9 @@ def _auto_splits(batch: int, n: int, k_tiles: int, device: torch.device) -> int:
     return max(1, min(want, n // 64))
 
 
-@torch.library.custom_op("lmini::compress_folded_triton", mutates_args=())
-def core_triton(
-    x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The folded core with the Triton kernel: (acc (B, K, D) fp32, lse (B, K) fp32)."""
+def launch(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0):
+    """The folded core with the Triton kernel: (acc (B, K, D) fp32, lse (B, K) fp32); the body
+    of the op ``lmini::compress_folded_triton`` (triton_op.py)."""
     if x.stride(2) != 1:
         x = x.contiguous()
     a, p = a.contiguous(), p.contiguous()
@@ -226,12 +222,9 @@ def triton_bwd_fits(k: int, dim: int) -> bool:
     return k <= KT_BWD_MAX and _kt_bwd(k) * _block_d(dim) <= BWD_MAX_TILE
 
 
-@torch.library.custom_op("lmini::compress_folded_triton_bwd", mutates_args=())
-def core_triton_bwd(
-    x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, acc: torch.Tensor, lse: torch.Tensor,
-    g_acc: torch.Tensor, g_lse: torch.Tensor, splits: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Gradients (dx, da, dp) of the folded core with the Triton kernel (K <= KT_BWD_MAX, fp32 a).
+def launch_bwd(x, a, p, eps: float, acc, lse, g_acc, g_lse, splits: int = 0):
+    """Gradients (dx, da, dp) of the folded core with the Triton kernel (K <= KT_BWD_MAX, fp32 a);
+    the body of the op ``lmini::compress_folded_triton_bwd`` (triton_op.py).
 
     ``splits`` cuts each image's tokens into that many programs (0: the kernel picks)."""
     if not triton_bwd_fits(a.shape[0], x.shape[2]):
@@ -261,26 +254,6 @@ def core_triton_bwd(
     )  # fmt: skip
     return dx, da.sum(0), dp.sum(0)
 
-
-@core_triton_bwd.register_fake
-def _(x, a, p, eps, acc, lse, g_acc, g_lse, splits=0):
-    return x.new_empty(x.shape), torch.empty_like(a), torch.empty_like(p)
-
-
-def _core_triton_backward(ctx, g_acc, g_lse):
-    """Backward of the Triton core: the Triton kernel when it fits, else the analytic PyTorch one."""
-    x, a, p, acc, lse = ctx.saved_tensors
-    if triton_bwd_fits(a.shape[0], x.shape[2]) and a.dtype == torch.float32 and x.dtype != torch.float64:
-        g_acc = torch.zeros_like(acc) if g_acc is None else g_acc
-        g_lse = torch.zeros_like(lse) if g_lse is None else g_lse.to(lse.dtype)
-        dx, da, dp = core_triton_bwd(x, a, p, ctx.eps, acc, lse, g_acc, g_lse)
-    else:
-        dx, da, dp = core_backward(x, a, p, ctx.eps, acc, lse, g_acc, g_lse)
-    return (dx, da.to(a.dtype), dp.to(p.dtype)) + (None,) * (ctx.n_inputs - 3)
-
-
-core_triton.register_fake(core_fake)
-core_triton.register_autograd(_core_triton_backward, setup_context=core_setup)
 
 _SCALARS = {"N": "i32", "D": "i32", "K": "i32", "stride_xb": "i64", "stride_xn": "i64", "chunk": "i32",
             "splits": "i32", "eps": "fp32"}  # fmt: skip

@@ -348,33 +348,6 @@ def attention_forward(
     return out, lse
 
 
-@torch.library.custom_op("lmini::prefusion_attention_triton", mutates_args=())
-def prefusion_attention_triton_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    causal: bool,
-    key_padding_mask: torch.Tensor | None,
-    scale: float,
-    splits: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton forward as a torch op: (out, base-2 log-sum-exp (B, Hq, Lq))."""
-    return attention_forward(q, k, v, causal, key_padding_mask, scale, splits)
-
-
-@prefusion_attention_triton_op.register_fake
-def _(q, k, v, causal, key_padding_mask, scale, splits):
-    b, lq, hq, _ = q.shape
-    return q.new_empty(q.shape), q.new_empty((b, hq, lq), dtype=torch.float32)
-
-
-def _setup(ctx, inputs, output) -> None:
-    q, k, v, causal, key_padding_mask, scale, _ = inputs
-    out, lse = output
-    ctx.causal, ctx.scale = causal, scale
-    ctx.save_for_backward(q, k, v, key_padding_mask, out, lse)
-
-
 def _bwd_config(dtype: torch.dtype) -> tuple[int, int, int]:
     """BLOCK_M, BLOCK_N, num_warps of the backward kernels (no spills on sm_80/sm_90, AOT_SPECS)."""
     return (16, 16, 4) if dtype == torch.float32 else (32, 32, 8)
@@ -419,49 +392,6 @@ def attention_backward(
         q, k, v, mask, do, lse, delta, dq, *strides, lq, lk, hq, hq // hkv, scale, scale * LOG2E, **meta
     )
     return dq, dk, dv
-
-
-@torch.library.custom_op("lmini::prefusion_attention_triton_bwd", mutates_args=())
-def prefusion_attention_triton_bwd_op(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    causal: bool,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The Triton backward as a torch op: (dq, dk, dv)."""
-    return attention_backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale)
-
-
-@prefusion_attention_triton_bwd_op.register_fake
-def _(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, key_padding_mask, out, lse = ctx.saved_tensors
-    dq, dk, dv = prefusion_attention_triton_bwd_op(grad_out, q, k, v, key_padding_mask, out, lse, ctx.causal, ctx.scale)
-    return dq, dk, dv, None, None, None, None
-
-
-prefusion_attention_triton_op.register_autograd(_backward, setup_context=_setup)
-
-
-def prefusion_attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    causal: bool,
-    key_padding_mask: torch.Tensor | None,
-    scale: float,
-    splits: int = 0,
-) -> torch.Tensor:
-    """Output of the Triton forward (differentiable); ``splits`` 0 chooses the key split."""
-    return prefusion_attention_triton_op(q, k, v, causal, key_padding_mask, scale, splits)[0]
 
 
 def _fwd_signature(dt: str) -> dict[str, str]:

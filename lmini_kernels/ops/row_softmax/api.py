@@ -10,16 +10,11 @@ from lmini_kernels.checks import check_tensor
 from lmini_kernels.dispatch import registry
 from lmini_kernels.nvtx import annotate
 from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup, row_softmax_reference
+from lmini_kernels.ops.row_softmax.triton_op import row_softmax_triton
 
 
 def _run_cpp(x: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.ops.lmini.row_softmax(x, scale)
-
-
-def _run_triton(x: torch.Tensor, scale: float) -> torch.Tensor:
-    from lmini_kernels.ops.row_softmax.triton import row_softmax_triton
-
-    return row_softmax_triton(x, scale)
 
 
 def _run_emulated(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -29,7 +24,7 @@ def _run_emulated(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 _REG = registry("row_softmax")
 _REG.register(cuda_backend(_run_cpp, _run_emulated))
-_REG.register(triton_backend(_run_triton))
+_REG.register(triton_backend(row_softmax_triton))
 _REG.register(cpu_backend(_run_cpp))
 _REG.register(reference_backend(row_softmax_reference))
 

@@ -11,7 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup
 from lmini_kernels.outputs import new_output
 from lmini_kernels.triton_aot import AotSpec
 
@@ -45,9 +44,9 @@ def _block(cols: int) -> int:
     return max(16, min(triton.next_power_of_2(max(cols, 1)), 4096))
 
 
-@torch.library.custom_op("lmini::row_softmax_triton", mutates_args=())
-def row_softmax_triton(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(scale * x) over the last dim with the Triton kernel (contiguous output)."""
+def launch(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(scale * x) over the last dim with the Triton kernel (contiguous output); the
+    body of the op ``lmini::row_softmax_triton`` (triton_op.py)."""
     x2 = x.contiguous().reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)
     y = new_output(x2.shape, x2.dtype, x2.device)
     rows, cols = x2.shape
@@ -55,13 +54,6 @@ def row_softmax_triton(x: torch.Tensor, scale: float) -> torch.Tensor:
         row_softmax_fwd_kernel[(rows,)](x2, y, cols, x2.stride(0), y.stride(0), scale, BLOCK=_block(cols), num_warps=4)
     return y.reshape(x.shape)
 
-
-@row_softmax_triton.register_fake
-def _(x: torch.Tensor, scale: float) -> torch.Tensor:
-    return x.new_empty(x.shape)
-
-
-row_softmax_triton.register_autograd(autograd_backward, setup_context=autograd_setup)
 
 AOT_SPECS = [
     AotSpec(

@@ -35,7 +35,7 @@ def test_triton_real_shape():
 
 @pytest.mark.parametrize("splits", (2, 3))
 def test_triton_core_splits(splits):
-    from lmini_kernels.ops.compress.triton import core_triton
+    from lmini_kernels.ops.compress.triton_op import core_triton
 
     x = randn(2, 37, 24, dtype=torch.float64, device=DEVICE)
     a, pp = randn(11, 24, dtype=torch.float64, device=DEVICE) * 0.5, randn(11, 37, dtype=torch.float64, device=DEVICE)
@@ -66,7 +66,7 @@ def test_triton_backward_matches_reference():
 
 
 def test_triton_opcheck():
-    from lmini_kernels.ops.compress.triton import core_triton
+    from lmini_kernels.ops.compress.triton_op import core_triton
 
     x = randn(2, 9, 12, device=DEVICE)
     torch.library.opcheck(core_triton, (x, randn(5, 12, device=DEVICE) * 0.5, randn(5, 9, device=DEVICE), 1e-5, 0))
@@ -93,7 +93,7 @@ def test_triton_refuses_bf16_in_interpreter_and_wide_dims():
 def test_triton_core_backward_kernel_matches_float64(batch, n, dim, k, splits, with_lse, dtype):
     """The Triton backward kernel of the core against the analytic float64 backward (odd N, D, K; splits)."""
     from lmini_kernels.ops.compress.folded import core_backward
-    from lmini_kernels.ops.compress.triton import core_triton_bwd
+    from lmini_kernels.ops.compress.triton_op import core_triton_bwd
 
     x = non_contiguous(randn(batch, n, dim, dtype=torch.float64, device=DEVICE, scale=2.0) + 0.3, dim=0)
     a = randn(k, dim, dtype=torch.float64, device=DEVICE) * 0.4
@@ -112,14 +112,15 @@ def test_triton_core_backward_kernel_matches_float64(batch, n, dim, k, splits, w
 def test_triton_backward_uses_the_kernel_and_refuses_wide_k(monkeypatch):
     """The Triton core's autograd runs the Triton backward op (K <= 16); the op refuses K = 17."""
     import lmini_kernels.ops.compress.triton as tri
+    import lmini_kernels.ops.compress.triton_op as op
 
     calls = []
-    real = tri.core_triton_bwd
-    monkeypatch.setattr(tri, "core_triton_bwd", lambda *args: calls.append(1) or real(*args))
+    real = op.core_triton_bwd
+    monkeypatch.setattr(op, "core_triton_bwd", lambda *args: calls.append(1) or real(*args))
     x = randn(2, 9, 12, device=DEVICE).requires_grad_()
     a = (randn(5, 12, device=DEVICE) * 0.5).requires_grad_()
     pp = randn(5, 9, device=DEVICE).requires_grad_()
-    acc, lse = tri.core_triton(x, a, pp, 1e-5, 0)
+    acc, lse = op.core_triton(x, a, pp, 1e-5, 0)
     got = torch.autograd.grad((acc * 1.5).sum() + lse.sum(), (x, a, pp))
     assert calls == [1]
     x64, a64, p64 = (t.detach().double().requires_grad_() for t in (x, a, pp))

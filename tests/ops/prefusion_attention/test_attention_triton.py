@@ -10,7 +10,8 @@ from utils import assert_close, randn
 import lmini_kernels
 from lmini_kernels import NotSupportedError
 from lmini_kernels.ops.prefusion_attention.reference import prefusion_attention_reference
-from lmini_kernels.ops.prefusion_attention.triton import choose_splits, prefusion_attention_triton
+from lmini_kernels.ops.prefusion_attention.triton import choose_splits
+from lmini_kernels.ops.prefusion_attention.triton_op import prefusion_attention_triton
 
 DTYPES = [torch.float32, torch.float16]
 

@@ -1,0 +1,58 @@
+"""The Triton backend's torch.library ops for the folded core: ``lmini::compress_folded_triton``
+(forward) and ``lmini::compress_folded_triton_bwd`` (its backward kernel), with their fake and
+autograd implementations, registered when the package is imported (never first inside
+``torch.compile`` tracing). This module imports no Triton: the launchers in triton.py are
+imported on the first real call.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmini_kernels.ops.compress.core import core_fake, core_setup
+from lmini_kernels.ops.compress.folded import core_backward
+
+
+@torch.library.custom_op("lmini::compress_folded_triton", mutates_args=())
+def core_triton(
+    x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The folded core with the Triton kernel: (acc (B, K, D) fp32, lse (B, K) fp32)."""
+    from lmini_kernels.ops.compress.triton import launch
+
+    return launch(x, a, p, eps, splits)
+
+
+@torch.library.custom_op("lmini::compress_folded_triton_bwd", mutates_args=())
+def core_triton_bwd(
+    x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, acc: torch.Tensor, lse: torch.Tensor,
+    g_acc: torch.Tensor, g_lse: torch.Tensor, splits: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Gradients (dx, da, dp) of the folded core with the Triton kernel (see ``triton_bwd_fits``
+    in triton.py for the sizes it takes; fp32 a). ``splits``: 0 lets the kernel choose."""
+    from lmini_kernels.ops.compress.triton import launch_bwd
+
+    return launch_bwd(x, a, p, eps, acc, lse, g_acc, g_lse, splits)
+
+
+@core_triton_bwd.register_fake
+def _(x, a, p, eps, acc, lse, g_acc, g_lse, splits=0):
+    return x.new_empty(x.shape), torch.empty_like(a), torch.empty_like(p)
+
+
+def _core_triton_backward(ctx, g_acc, g_lse):
+    """Backward of the Triton core: the Triton kernel when it fits, else the analytic PyTorch one."""
+    from lmini_kernels.ops.compress.triton import triton_bwd_fits
+
+    x, a, p, acc, lse = ctx.saved_tensors
+    if triton_bwd_fits(a.shape[0], x.shape[2]) and a.dtype == torch.float32 and x.dtype != torch.float64:
+        g_acc = torch.zeros_like(acc) if g_acc is None else g_acc
+        g_lse = torch.zeros_like(lse) if g_lse is None else g_lse.to(lse.dtype)
+        dx, da, dp = core_triton_bwd(x, a, p, ctx.eps, acc, lse, g_acc, g_lse)
+    else:
+        dx, da, dp = core_backward(x, a, p, ctx.eps, acc, lse, g_acc, g_lse)
+    return (dx, da.to(a.dtype), dp.to(p.dtype)) + (None,) * (ctx.n_inputs - 3)
+
+
+core_triton.register_fake(core_fake)
+core_triton.register_autograd(_core_triton_backward, setup_context=core_setup)
