@@ -67,6 +67,10 @@ def _check_cuda(dim: int, **_) -> list[str]:
     return [] if dim <= CUDA_MAX_DIM else [f"embed_dim {dim} > {CUDA_MAX_DIM} (the CUDA kernel's register tile)"]
 
 
+# auto order on a GPU: CUDA, then Triton. Both stream x once with fp32 FMAs on CUDA cores; the
+# CUDA kernel stages each token tile in shared memory and reduces by warp shuffles, the Triton
+# one holds whole rows in registers. No GPU run has measured the two yet:
+# `lmini bench compress --device cuda` times both side by side.
 _REG = registry("compress")
 _REG.register(cuda_backend(_fused(core.core_cpp), _fused(core.core_emulated), check=_check_cuda))
 _REG.register(triton_backend(_fused(core_triton), check=_check_triton))

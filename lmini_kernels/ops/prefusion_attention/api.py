@@ -52,9 +52,13 @@ def _check_cuda(head_dim: int) -> list[str]:
     return [] if head_dim in CUDA_HEAD_DIMS else [f"head dim {head_dim} not in {CUDA_HEAD_DIMS}"]
 
 
+# auto order on a GPU: Triton first. Its kernel is flash-attention style (tl.dot on tensor
+# cores, split keys for short suffixes); the CUDA kernel is a CUDA-core correctness baseline
+# (csrc/ops/prefusion_attention/kernel.cuh) that the host SIMT layer can run. No GPU run has
+# measured the two yet: `lmini bench prefusion --device cuda` times both side by side.
 _REG = registry("prefusion_attention")
-_REG.register(cuda_backend(_run_cpp, _run_emulated, check=_check_cuda))
 _REG.register(triton_backend(_run_triton, check=_check_triton))
+_REG.register(cuda_backend(_run_cpp, _run_emulated, check=_check_cuda))
 _REG.register(cpu_backend(_run_cpp, check=_check_cpu))
 _REG.register(reference_backend(prefusion_attention_reference))
 
