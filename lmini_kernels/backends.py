@@ -61,22 +61,21 @@ def cpu_backend(run: Callable[..., object], check: Callable[..., list[str]] | No
     return Backend("cpu", run, devices=frozenset({"cpu"}), availability=_cpu_availability, check=check)
 
 
+def _gpu_backend(name: str, run, availability, switch: Callable[[], bool], check, **kw) -> Backend:
+    """A backend of CUDA tensors whose kernels also run on CPU tensors while ``switch()`` is on
+    (its verification route, never chosen by auto)."""
+    return Backend(name, run, devices=frozenset({"cuda"}), availability=availability, check=check,
+                   verification_devices=_cpu_route_when(switch), **kw)  # fmt: skip
+
+
 def triton_backend(
     run: Callable[..., object],
     check: Callable[..., list[str]] | None = None,
     dtypes: frozenset[torch.dtype] = FLOAT_DTYPES,
 ) -> Backend:
     """Triton kernels: CUDA tensors, or CPU tensors (fp32/fp16) under ``TRITON_INTERPRET=1``."""
-    return Backend(
-        "triton",
-        run,
-        devices=frozenset({"cuda"}),
-        dtypes=dtypes,
-        availability=_triton_availability,
-        check=check,
-        verification_devices=_cpu_route_when(triton_interpret),
-        verification_dtypes=INTERPRETER_DTYPES & dtypes,
-    )
+    return _gpu_backend("triton", run, _triton_availability, triton_interpret, check, dtypes=dtypes,
+                        verification_dtypes=INTERPRETER_DTYPES & dtypes)  # fmt: skip
 
 
 def cuda_backend(
@@ -91,11 +90,4 @@ def cuda_backend(
         first = next(a for a in args if isinstance(a, torch.Tensor))
         return (run if first.device.type == "cuda" else run_emulated)(*args, **kwargs)
 
-    return Backend(
-        "cuda",
-        dispatch,
-        devices=frozenset({"cuda"}),
-        availability=_cuda_availability,
-        check=check,
-        verification_devices=_cpu_route_when(cuda_emulate),
-    )
+    return _gpu_backend("cuda", dispatch, _cuda_availability, cuda_emulate, check)

@@ -1,4 +1,4 @@
-// Self-tests of the host SIMT layer (csrc/emu/simt.h), built by tests/test_simt_layer.py:
+// Self-tests of the host SIMT layer (csrc/emu/simt.h), built by tests/build/test_simt_layer.py:
 //
 //   g++ -std=c++20 -pthread -DLMINI_EMU -I csrc/include -I csrc -I $CUDA/include selftest.cpp
 //
@@ -7,6 +7,7 @@
 // test and exits non-zero if any failed. Built with -DLMINI_EMU_BROKEN_SYNCTHREADS (every
 // __syncthreads a no-op), the tests that depend on a barrier must FAIL: that is how the
 // suite proves the layer's barrier is real and the tests can catch a missing one.
+#include <algorithm>
 #include <cstdio>
 #include <random>
 #include <vector>
@@ -105,11 +106,15 @@ bool test_transpose(std::mt19937& rng) {
 // --- 4. histogram: shared-memory atomics, a barrier, then global atomics ------------------
 constexpr int kBins = 16;
 
-__global__ void histogram_kernel(const int* x, int n, unsigned* bins) {
+__global__ void histogram_kernel(const int* x, int n, unsigned* bins, int* lo_hi) {
   __shared__ unsigned local[kBins];
   for (int b = threadIdx.x; b < kBins; b += blockDim.x) local[b] = 0;
   __syncthreads();
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) atomicAdd(&local[x[i]], 1u);
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    atomicAdd(&local[x[i]], 1u);
+    atomicMin(&lo_hi[0], x[i]);
+    atomicMax(&lo_hi[1], x[i]);
+  }
   __syncthreads();
   for (int b = threadIdx.x; b < kBins; b += blockDim.x) atomicAdd(&bins[b], local[b]);
 }
@@ -117,13 +122,18 @@ __global__ void histogram_kernel(const int* x, int n, unsigned* bins) {
 bool test_histogram(std::mt19937& rng) {
   const int n = 20000;
   std::vector<int> x(n);
-  std::uniform_int_distribution<int> d(0, kBins - 1);
   for (int trial = 0; trial < 4; ++trial) {
+    // values in [lo, hi] of a random sub-range, so the min and max differ per trial
+    const int lo = trial, hi = kBins - 1 - trial;
+    std::uniform_int_distribution<int> d(lo, hi);
     for (auto& v : x) v = d(rng);
     std::vector<unsigned> bins(kBins, 0), want(kBins, 0);
     for (int v : x) ++want[v];
-    LMINI_LAUNCH(histogram_kernel, dim3(4), dim3(128), 0, nullptr, x.data(), n, bins.data());
-    if (bins != want) return false;
+    int lo_hi[2] = {kBins, -1};
+    LMINI_LAUNCH(histogram_kernel, dim3(4), dim3(128), 0, nullptr, x.data(), n, bins.data(), lo_hi);
+    if (bins != want || lo_hi[0] != *std::min_element(x.begin(), x.end()) ||
+        lo_hi[1] != *std::max_element(x.begin(), x.end()))
+      return false;
   }
   return true;
 }

@@ -220,21 +220,22 @@ T atomicCAS(T* address, T compare, T value) {
   std::atomic_ref<T>(*address).compare_exchange_strong(compare, value);
   return compare;
 }
-template <typename T>
-T atomicMax(T* address, T value) {
+// Replaces *address by value while replaces(old, value) holds; returns the old value.
+template <typename T, typename Replaces>
+T atomic_replace_if(T* address, T value, Replaces replaces) {
   std::atomic_ref<T> ref(*address);
   T old = ref.load();
-  while (old < value && !ref.compare_exchange_weak(old, value)) {
+  while (replaces(old, value) && !ref.compare_exchange_weak(old, value)) {
   }
   return old;
 }
 template <typename T>
+T atomicMax(T* address, T value) {
+  return atomic_replace_if(address, value, [](T old, T v) { return old < v; });
+}
+template <typename T>
 T atomicMin(T* address, T value) {
-  std::atomic_ref<T> ref(*address);
-  T old = ref.load();
-  while (value < old && !ref.compare_exchange_weak(old, value)) {
-  }
-  return old;
+  return atomic_replace_if(address, value, [](T old, T v) { return v < old; });
 }
 
 inline float __expf(float x) { return std::exp(x); }

@@ -24,11 +24,12 @@ LAYERS = {
 }
 
 
-def imported_modules(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every import in a Python file, relative imports resolved to absolute."""
+def imported_modules(path: Path, *, at_import_only: bool = False) -> list[tuple[int, str]]:
+    """(line, module) of every import in a Python file, relative imports resolved to absolute;
+    ``at_import_only``: only the module-level statements (what importing the file runs)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     out = []
-    for node in ast.walk(tree):
+    for node in tree.body if at_import_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -57,6 +58,13 @@ def test_the_static_check_sees_lazy_imports(tmp_path):
     assert len(back_edges(tmp_path, ("llava_mini", "lmini_tools"))) == 2
 
 
+def python_lines(code: str) -> list[str]:
+    """The stdout lines of ``code`` run in a fresh interpreter (a clean sys.modules)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()
+
+
 def test_importing_the_library_loads_neither_model_nor_tools():
     code = (
         "import pkgutil, importlib, sys, lmini_kernels\n"
@@ -64,21 +72,7 @@ def test_importing_the_library_loads_neither_model_nor_tools():
         "    importlib.import_module(m.name)\n"
         "print(sorted({n.split('.')[0] for n in sys.modules} & {'llava_mini', 'lmini_tools'}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
-
-
-def top_level_imports(path: Path) -> list[str]:
-    """Modules a file imports when it is imported (module-level statements, not function bodies)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    out = []
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            out += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            out.append(node.module)
-    return out
+    assert python_lines(code)[-1] == "[]"
 
 
 def test_only_kernel_files_import_triton_at_import_time():
@@ -88,7 +82,8 @@ def test_only_kernel_files_import_triton_at_import_time():
     offenders = [
         str(p.relative_to(ROOT))
         for p in sorted(folder.rglob("*.py"))
-        if p.name != "triton.py" and any(m.split(".")[0] == "triton" for m in top_level_imports(p))
+        if p.name != "triton.py"
+        and any(m.split(".")[0] == "triton" for _, m in imported_modules(p, at_import_only=True))
     ]
     assert offenders == []
 
@@ -103,8 +98,6 @@ def test_triton_ops_are_registered_at_import():
         "print([o for o in ops if not hasattr(torch.ops.lmini, o)])\n"
         "print(sorted(m for m in sys.modules if m.startswith('lmini_kernels.ops.') and m.endswith('.triton')))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr
-    missing, kernel_modules = out.stdout.strip().splitlines()[-2:]
+    missing, kernel_modules = python_lines(code)[-2:]
     assert missing == "[]"
     assert kernel_modules == "[]"

@@ -15,7 +15,7 @@ from lmini_kernels.ops.prefusion_attention.reference import (
     autograd_setup,
     prefusion_attention_reference,
 )
-from lmini_kernels.ops.prefusion_attention.triton_op import prefusion_attention_triton
+from lmini_kernels.ops.prefusion_attention.triton_op import prefusion_attention_triton_op
 
 # Head dims the compiled kernels take (the reference takes any).
 CPU_MAX_HEAD_DIM = 256
@@ -32,7 +32,7 @@ def _run_cpp(q, k, v, causal, key_padding_mask, softmax_scale):
 
 
 def _run_triton(q, k, v, causal, key_padding_mask, softmax_scale):
-    return prefusion_attention_triton(q, k, v, causal, key_padding_mask, _scale(q, softmax_scale))
+    return prefusion_attention_triton_op(q, k, v, causal, key_padding_mask, _scale(q, softmax_scale), 0)[0]
 
 
 def _run_emulated(q, k, v, causal, key_padding_mask, softmax_scale):

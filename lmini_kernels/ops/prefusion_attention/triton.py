@@ -175,6 +175,27 @@ def _probabilities(q, kt, lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shif
 
 
 @triton.jit
+def _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, kv_mask, skb, skl, skh, svb, svl, svh):
+    """The (BLOCK_N, BLOCK_D) K and V tiles of kv head ``hk`` (zeros outside ``kv_mask``)."""
+    k = tl.load(k_ptr + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + b * svb + hk * svh + offs_n[:, None] * svl + offs_d[None, :], mask=kv_mask, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _load_query_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, b, h, offs_m, offs_d, m_ok, qd_mask, sqb, sql, sqh, lq, hq,
+                     HEAD_DIM: tl.constexpr):  # fmt: skip
+    """What the backward needs of BLOCK_M query rows of head ``h``: q, dO (contiguous), and the
+    rows' saved log-sum-exp and delta (-inf and 0 past Lq)."""
+    q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=qd_mask, other=0.0)
+    do = tl.load(do_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :], mask=qd_mask, other=0.0)
+    row = (b * hq + h) * lq + offs_m
+    lse = tl.load(lse_ptr + row, mask=m_ok, other=float("-inf"))
+    delta = tl.load(delta_ptr + row, mask=m_ok, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
 def prefusion_attn_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
@@ -195,8 +216,7 @@ def prefusion_attn_bwd_dkdv_kernel(
     n_ok = offs_n < lk
     d_ok = offs_d < HEAD_DIM
     kv_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(k_ptr + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + b * svb + hk * svh + offs_n[:, None] * svl + offs_d[None, :], mask=kv_mask, other=0.0)
+    k, v = _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, kv_mask, skb, skl, skh, svb, svl, svh)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     shift = lk - lq
@@ -209,12 +229,8 @@ def prefusion_attn_bwd_dkdv_kernel(
             offs_m = m0 + tl.arange(0, BLOCK_M)
             m_ok = offs_m < lq
             qd_mask = m_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=qd_mask, other=0.0)
-            do = tl.load(do_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :], mask=qd_mask,
-                         other=0.0)  # fmt: skip
-            row = (b * hq + h) * lq + offs_m
-            lse = tl.load(lse_ptr + row, mask=m_ok, other=float("-inf"))
-            delta = tl.load(delta_ptr + row, mask=m_ok, other=0.0)
+            q, do, lse, delta = _load_query_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, b, h, offs_m, offs_d, m_ok, qd_mask,
+                                                 sqb, sql, sqh, lq, hq, HEAD_DIM)  # fmt: skip
             p = _probabilities(q, tl.trans(k), lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shift, scale_log2,
                                HAS_MASK, CAUSAL, DOT_PRECISION)  # fmt: skip
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
@@ -245,11 +261,8 @@ def prefusion_attn_bwd_dq_kernel(
     m_ok = offs_m < lq
     d_ok = offs_d < HEAD_DIM
     qd_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_ptr + b * sqb + h * sqh + offs_m[:, None] * sql + offs_d[None, :], mask=qd_mask, other=0.0)
-    do = tl.load(do_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :], mask=qd_mask, other=0.0)
-    row = pid_bh.to(tl.int64) * lq + offs_m
-    lse = tl.load(lse_ptr + row, mask=m_ok, other=float("-inf"))
-    delta = tl.load(delta_ptr + row, mask=m_ok, other=0.0)
+    q, do, lse, delta = _load_query_rows(q_ptr, do_ptr, lse_ptr, delta_ptr, b, h, offs_m, offs_d, m_ok, qd_mask,
+                                         sqb, sql, sqh, lq, hq, HEAD_DIM)  # fmt: skip
     shift = lk - lq
     hi = lk
     if CAUSAL:
@@ -259,8 +272,7 @@ def prefusion_attn_bwd_dq_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < lk
         kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_ptr + b * skb + hk * skh + offs_n[:, None] * skl + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + b * svb + hk * svh + offs_n[:, None] * svl + offs_d[None, :], mask=kv_mask, other=0.0)
+        k, v = _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, kv_mask, skb, skl, skh, svb, svl, svh)
         p = _probabilities(q, tl.trans(k), lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shift, scale_log2,
                            HAS_MASK, CAUSAL, DOT_PRECISION)  # fmt: skip
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -302,17 +314,10 @@ def choose_splits(b: int, hq: int, lq: int, lk: int, block_m: int, block_n: int,
     return max(1, min(triton.cdiv(target, programs), lk // (4 * block_n)))
 
 
-def attention_forward(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    causal: bool,
-    key_padding_mask: torch.Tensor | None,
-    scale: float,
-    splits: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward; returns out (B, Lq, Hq, d) and the base-2 log-sum-exp (B, Hq, Lq)
-    of the scaled scores (-inf for rows with no visible key). ``splits`` 0 = choose."""
+def attention_forward(q, k, v, causal: bool, key_padding_mask, scale: float, splits: int = 0):
+    """Launch the forward (the op ``lmini::prefusion_attention_triton`` in triton_op.py); returns
+    out (B, Lq, Hq, d) and the base-2 log-sum-exp (B, Hq, Lq) of the scaled scores (-inf for
+    rows with no visible key). ``splits`` 0 = choose."""
     q, k, v = _inner_contiguous(q), _inner_contiguous(k), _inner_contiguous(v)
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]
@@ -353,18 +358,9 @@ def _bwd_config(dtype: torch.dtype) -> tuple[int, int, int]:
     return (16, 16, 4) if dtype == torch.float32 else (32, 32, 8)
 
 
-def attention_backward(
-    grad_out: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    causal: bool,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dq, dk, dv of the forward for the output gradient ``grad_out`` (Triton kernels)."""
+def attention_backward(grad_out, q, k, v, key_padding_mask, out, lse, causal: bool, scale: float):
+    """dq, dk, dv of the forward for the output gradient ``grad_out`` (Triton kernels; the op
+    ``lmini::prefusion_attention_triton_bwd`` in triton_op.py)."""
     q, k, v = _inner_contiguous(q), _inner_contiguous(k), _inner_contiguous(v)
     b, lq, hq, d = q.shape
     lk, hkv = k.shape[1], k.shape[2]

@@ -69,16 +69,3 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 prefusion_attention_triton_op.register_autograd(_backward, setup_context=_setup)
-
-
-def prefusion_attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    causal: bool,
-    key_padding_mask: torch.Tensor | None,
-    scale: float,
-    splits: int = 0,
-) -> torch.Tensor:
-    """Output of the Triton forward (differentiable); ``splits`` 0 chooses the key split."""
-    return prefusion_attention_triton_op(q, k, v, causal, key_padding_mask, scale, splits)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from utils import assert_close, non_contiguous, randn
 
 import lmini_kernels as lk
 from lmini_kernels.ops.compress.reference import compress_reference
@@ -46,3 +47,19 @@ def oracle(x: torch.Tensor, p: dict, heads: int, need_weights: bool = False, **s
 
 def run(x, p, heads, backend, eps: dict | None = None, **kw):
     return lk.compress(x, weights_of(p, heads, **(eps or {})), backend=backend, **kw)
+
+
+def check_folded(backend: str, batch: int, grid: int, c: int, heads: int, dh: int, dtype, device: str = "cpu"):
+    """The folded algorithm on ``backend`` against the float64 oracle (output and attention
+    weights), x strided along the batch; returns the weights."""
+    dim = heads * dh
+    p = {k: v.to(device) for k, v in make_params(dim, heads, c, grid, dtype).items()}
+    x = non_contiguous(
+        randn(batch, grid * grid, dim, dtype=dtype, device=device, scale=2.0) + 0.5, dim=0 if batch > 1 else 1
+    )
+    ref, ref_w = oracle(x, p, heads, need_weights=True)
+    out, w = run(x, p, heads, backend, algorithm="folded", need_weights=True)
+    assert out.dtype == dtype and out.shape == (batch, c * c, dim)
+    assert_close(out, ref)
+    assert_close(w, ref_w)
+    return w

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_helpers import make_params, oracle, run, weights_of
+from compress_helpers import check_folded, make_params, oracle, run, weights_of
 from utils import TOLERANCE, assert_close, non_contiguous, randn
 
 import lmini_kernels as lk
@@ -20,14 +20,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
     [(3, 5, 1, 8, 9), (2, 13, 2, 1, 12), (4, 1, 1, 3, 4), (2, 5, 3, 2, 8), (1, 37, 1, 4, 4), (2, 5, 2, 16, 4)],
 )
 def test_cpu_folded_matches_float64(batch, grid, c, heads, dh, dtype):
-    dim = heads * dh
-    p = make_params(dim, heads, c, grid, dtype)
-    x = randn(batch, grid * grid, dim, dtype=dtype, scale=2.0) + 0.5
-    ref, ref_w = oracle(x, p, heads, need_weights=True)
-    out, w = run(x, p, heads, "cpu", algorithm="folded", need_weights=True)
-    assert out.dtype == dtype and out.shape == (batch, c * c, dim)
-    assert_close(out, ref)
-    assert_close(w, ref_w)
+    w = check_folded("cpu", batch, grid, c, heads, dh, dtype)
     torch.testing.assert_close(w.double().sum(-1), torch.ones(batch, c * c, dtype=torch.float64), atol=1e-2, rtol=0)
 
 

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_helpers import make_params, oracle, run
+from compress_helpers import check_folded, make_params, oracle, run
 from utils import assert_close, non_contiguous, randn
 
 import lmini_kernels as lk
 from lmini_kernels.ops.compress.folded import core_torch
 
-DEVICE = "cuda" if torch.cuda.is_available() and not lk.dispatch.triton_interpret() else "cpu"
+DEVICE = "cuda" if torch.cuda.is_available() and not lk.env.triton_interpret() else "cpu"
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16))
 @pytest.mark.parametrize(("batch", "grid", "c", "heads", "dh"), [(3, 5, 1, 8, 9), (2, 13, 2, 1, 12), (2, 1, 1, 3, 4)])
 def test_triton_folded_matches_float64(batch, grid, c, heads, dh, dtype):
-    dim = heads * dh
-    p = make_params(dim, heads, c, grid, dtype)
-    p = {k: v.to(DEVICE) for k, v in p.items()}
-    x = non_contiguous(randn(batch, grid * grid, dim, dtype=dtype, device=DEVICE, scale=2.0) + 0.5, dim=0)
-    ref, ref_w = oracle(x, p, heads, need_weights=True)
-    out, w = run(x, p, heads, "triton", algorithm="folded", need_weights=True)
-    assert out.dtype == dtype
-    assert_close(out, ref)
-    assert_close(w, ref_w)
+    check_folded("triton", batch, grid, c, heads, dh, dtype, DEVICE)
 
 
 def test_triton_real_shape():

@@ -11,7 +11,7 @@ import lmini_kernels
 from lmini_kernels import NotSupportedError
 from lmini_kernels.ops.prefusion_attention.reference import prefusion_attention_reference
 from lmini_kernels.ops.prefusion_attention.triton import choose_splits
-from lmini_kernels.ops.prefusion_attention.triton_op import prefusion_attention_triton
+from lmini_kernels.ops.prefusion_attention.triton_op import prefusion_attention_triton_op
 
 DTYPES = [torch.float32, torch.float16]
 
@@ -36,7 +36,7 @@ def test_split_key_path(dtype: torch.dtype, splits: int) -> None:
     """Few queries over many keys: key slices merged by the combine kernel, including slices
     that lie wholly after a query's causal end and rows with no visible key."""
     q, k, v, mask = make_inputs(2, 7, 300, 4, 2, 64, dtype)
-    out = prefusion_attention_triton(q, k, v, True, mask, 0.125, splits)
+    out = prefusion_attention_triton_op(q, k, v, True, mask, 0.125, splits)[0]
     ref = prefusion_attention_reference(q.double(), k.double(), v.double(), True, mask, 0.125)
     assert_close(out, ref, dtype=dtype)
     assert torch.equal(out[0, 0], torch.zeros_like(out[0, 0]))
