@@ -39,3 +39,21 @@ def _fresh_seed():
     seed = int.from_bytes(os.urandom(4), "little")
     torch.manual_seed(seed)
     yield seed
+
+
+# Property-based tests (hypothesis): a fixed example budget keeps CI's time bounded; no example
+# database is written; each run draws fresh examples (a failure prints its reproducing seed).
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "lmini",
+        max_examples=int(os.environ.get("LMINI_HYPOTHESIS_EXAMPLES", "20")),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        print_blob=True,
+    )
+    settings.load_profile("lmini")
+except ImportError:  # hypothesis is a dev requirement (.ci/requirements.txt); tests importing it say so
+    pass

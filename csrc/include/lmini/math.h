@@ -13,7 +13,9 @@ namespace lmini {
 
 // Running (max, sum of exp(x - max)) of a stream of logits: the online softmax.
 // An empty state has max = -inf and sum = 0; merging with it changes nothing, and a row
-// whose every logit is -inf keeps sum = 0 (callers turn that into zeros, never NaN).
+// whose every logit is -inf keeps max = -inf (callers turn that into zeros, never NaN).
+// A NaN logit makes the state NaN for good, and +inf gives a NaN sum (inf - inf), so such a
+// row's probabilities are all NaN, as torch.softmax's (fmaxf alone would drop the NaN).
 struct SoftmaxState {
   float max;
   float sum;
@@ -22,6 +24,7 @@ struct SoftmaxState {
 LMINI_HD SoftmaxState softmax_empty() { return {-INFINITY, 0.0f}; }
 
 LMINI_HD SoftmaxState softmax_merge(SoftmaxState a, SoftmaxState b) {
+  if (a.max != a.max || b.max != b.max) return {NAN, NAN};
   const float m = fmaxf(a.max, b.max);
   if (m == -INFINITY) return softmax_empty();
   return {m, a.sum * expf(a.max - m) + b.sum * expf(b.max - m)};
@@ -31,9 +34,9 @@ LMINI_HD SoftmaxState softmax_push(SoftmaxState s, float logit) {
   return softmax_merge(s, SoftmaxState{logit, 1.0f});
 }
 
-// exp(logit - max) / sum, or 0 for a row with no finite logit.
+// exp(logit - max) / sum; 0 for a row with no logit above -inf; NaN for a NaN state.
 LMINI_HD float softmax_prob(SoftmaxState s, float logit) {
-  return s.sum > 0.0f ? expf(logit - s.max) / s.sum : 0.0f;
+  return s.max == -INFINITY ? 0.0f : expf(logit - s.max) / s.sum;
 }
 
 // exp(x) for x <= 0 (a softmax argument x - max), branch-free so loops over it vectorize:

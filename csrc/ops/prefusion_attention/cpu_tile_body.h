@@ -127,6 +127,11 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
     }
     if (!any_key) continue;
     for (int64_t j = 0; j < n; ++j) {
+      if (kbias[j] != 0.0f) {  // a padded key is never read: whatever its K and V hold changes nothing
+        for (int64_t c = 0; c < d; ++c) kt[c * kTileN + j] = 0.0f;
+        for (int64_t c = 0; c < d; ++c) vf[j * d + c] = 0.0f;
+        continue;
+      }
       const T* ks = pr.k + b * pr.skb + (k0 + j) * pr.skl + hk * pr.skh;
       const T* vs = pr.v + b * pr.svb + (k0 + j) * pr.svl + hk * pr.svh;
       convert_row(ks, row, d, half_fn);
@@ -145,17 +150,21 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
     // Online softmax: per row, the new max, the rescale factor of the running sums, P.
     for (r = 0; r < rows; ++r) {
       float* sr = s + r * kTileN;
+      // Hidden keys (padded, or past the tile's end) by select, not by the -inf bias alone: a NaN
+      // query times a zeroed key is NaN, and a query that sees no key gives zeros whatever it holds.
+      for (int64_t j = 0; j < kTileN; ++j) sr[j] = kbias[j] == 0.0f ? sr[j] : -INFINITY;
       if (pr.causal) {
         const int64_t last = offset + q0 + r / g - k0;  // last visible key of the tile
         for (int64_t j = std::max<int64_t>(last + 1, 0); j < kTileN; ++j) sr[j] = -INFINITY;
       }
+      // The max keeps a NaN score (a NaN query, key or scale): the row's output is then NaN.
       float mx = -INFINITY;
-      for (int64_t j = 0; j < kTileN; ++j) mx = sr[j] > mx ? sr[j] : mx;
+      for (int64_t j = 0; j < kTileN; ++j) mx = sr[j] > mx || sr[j] != sr[j] ? sr[j] : mx;
       if (mx == -INFINITY) {  // nothing visible in this tile for this row: P = 0
         for (int64_t j = 0; j < kTileN; ++j) sr[j] = 0.0f;
         continue;
       }
-      const float m_new = mx > mrow[r] ? mx : mrow[r];
+      const float m_new = mx > mrow[r] || mx != mx ? mx : mrow[r];
       const float alpha = exp_nonpositive(mrow[r] - m_new);
       float sum = 0.0f;
       for (int64_t j = 0; j < kTileN; ++j) {
@@ -176,7 +185,7 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = q0 + r / g, h = hk * g + r % g;
     T* dst = pr.out + ((b * pr.lq + i) * pr.hq + h) * d;
-    const float inv = lrow[r] > 0.0f ? 1.0f / lrow[r] : 0.0f;  // no visible key: zeros
+    const float inv = mrow[r] == -INFINITY ? 0.0f : 1.0f / lrow[r];  // no visible key: zeros
     for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<T>(acc[r * d + c] * inv);
   }
 }

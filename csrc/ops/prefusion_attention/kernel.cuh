@@ -54,7 +54,7 @@ prefusion_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, con
     __syncthreads();  // the previous tile is consumed (and q_s is written, first time)
     for (int idx = threadIdx.x; idx < kPrefusionTile * D; idx += blockDim.x) {
       const int j = idx / D, c = idx % D, key = t0 + j;
-      const bool ok = key < block_end;
+      const bool ok = key < block_end && (pad == nullptr || !pad[b * lk + key]);  // padded keys are never read
       const int64_t src = ((b * lk + key) * hkv + hk) * D + c;
       k_s[j][c] = ok ? to_float(k[src]) : 0.0f;
       v_s[j][c] = ok ? to_float(v[src]) : 0.0f;
@@ -84,7 +84,7 @@ prefusion_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, con
     __syncwarp();
   }
   if (row_ok) {
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const float inv = m == -INFINITY ? 0.0f : 1.0f / l;  // no visible key: zeros; a NaN row stays NaN
     for (int u = 0; u < kPer; ++u) {
       const int c = lane + 32 * u;
       if (c < D) out[((b * lq + i) * hq + h) * D + c] = from_float<T>(acc[u] * inv);

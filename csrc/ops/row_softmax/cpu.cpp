@@ -14,6 +14,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "lmini/cpu/isa.h"
@@ -25,19 +27,24 @@
 namespace lmini::cpu {
 namespace {
 
-// out[i] = softmax(scale * in[i]); `out` may alias `in`. A row of -inf only gives zeros.
+// out[i] = softmax(scale * in[i]); `out` may alias `in`. A row of -inf only gives zeros; a
+// NaN (or, through inf - inf, a +inf) logit gives a row of NaN, as torch.softmax.
 __attribute__((always_inline)) inline void softmax_row_body(const float* in, float* out, int64_t n, float scale) {
   float m = -INFINITY;
 #pragma omp simd reduction(max : m)
   for (int64_t i = 0; i < n; ++i) m = std::max(m, scale * in[i]);
-  if (m == -INFINITY) {
-    for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
+  if (m == -INFINITY) {  // the max reduction may have passed over NaN logits: look for them
+    bool nan = false;
+    for (int64_t i = 0; i < n; ++i) nan |= std::isnan(scale * in[i]);
+    for (int64_t i = 0; i < n; ++i) out[i] = nan ? NAN : 0.0f;
     return;
   }
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {
-    const float e = exp_nonpositive(scale * in[i] - m);
+    // min(., 0): an FMA-contracted scale * x - m can be slightly positive when |scale * x| is
+    // large (m was rounded, the FMA is not); NaN stays NaN (std::min keeps its first argument).
+    const float e = exp_nonpositive(std::min(scale * in[i] - m, 0.0f));
     out[i] = e;
     sum += e;
   }

@@ -34,6 +34,9 @@ def prefusion_attention_reference(
     lk, hkv = k.shape[1], k.shape[2]
     scale = d**-0.5 if softmax_scale is None else softmax_scale
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if key_padding_mask is not None:  # hidden keys are never read: whatever they hold (NaN, inf) changes nothing
+        hidden = key_padding_mask.view(-1, lk, 1, 1)
+        k, v = k.masked_fill(hidden, 0.0), v.masked_fill(hidden, 0.0)
     if hq != hkv:  # GQA: query head h reads kv head h // (hq // hkv)
         k = k.repeat_interleave(hq // hkv, dim=2)
         v = v.repeat_interleave(hq // hkv, dim=2)

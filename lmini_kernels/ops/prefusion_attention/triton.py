@@ -75,12 +75,11 @@ def prefusion_attn_fwd_kernel(
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < hi
+        if HAS_MASK:  # padded keys are never read: whatever their K and V hold changes nothing
+            n_ok = n_ok & (tl.load(mask_ptr + b * lk + offs_n, mask=n_ok, other=1) == 0)
         kt = tl.load(k_base + offs_n[None, :] * skl + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * scale_log2
         visible = n_ok[None, :] & m_ok[:, None]
-        if HAS_MASK:
-            pad = tl.load(mask_ptr + b * lk + offs_n, mask=n_ok, other=1)
-            visible = visible & (pad == 0)[None, :]
         if CAUSAL:
             visible = visible & (offs_n[None, :] <= shift + offs_m[:, None])
         s = tl.where(visible, s, float("-inf"))
@@ -105,14 +104,15 @@ def prefusion_attn_fwd_kernel(
         tl.store(ws_ml_ptr + row * 2 * lq + offs_m, m_i, mask=m_ok)
         tl.store(ws_ml_ptr + row * 2 * lq + lq + offs_m, l_i, mask=m_ok)
     else:
-        inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)  # no visible key: zeros
+        empty = m_i == float("-inf")  # no visible key: zeros (a NaN row keeps its NaN)
+        inv = tl.where(empty, 0.0, 1.0 / tl.where(empty, 1.0, l_i))
         out = acc * inv[:, None]
         tl.store(
             o_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :],
             out.to(o_ptr.dtype.element_ty),
             mask=m_ok[:, None] & d_ok[None, :],
         )
-        lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+        lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
         tl.store(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, lse, mask=m_ok)
 
 
@@ -149,13 +149,14 @@ def prefusion_attn_combine_kernel(
         l_i = l_i * a_old + l_s * a_new
         acc = acc * a_old[:, None] + o_s * a_new[:, None]
         m_i = m_new
-    inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
+    empty = m_i == float("-inf")  # no visible key in any split: zeros (a NaN row keeps its NaN)
+    inv = tl.where(empty, 0.0, 1.0 / tl.where(empty, 1.0, l_i))
     tl.store(
         o_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :],
         (acc * inv[:, None]).to(o_ptr.dtype.element_ty),
         mask=m_ok[:, None] & d_ok[None, :],
     )
-    lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
+    lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
     tl.store(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, lse, mask=m_ok)
 
 
@@ -172,6 +173,15 @@ def _probabilities(q, kt, lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shif
         visible = visible & (offs_n[None, :] <= shift + offs_m[:, None])
     lse_use = tl.where(lse > float("-inf"), lse, 0.0)
     return tl.where(visible, tl.exp2(s - lse_use[:, None]), 0.0)
+
+
+@triton.jit
+def _read_mask(mask_ptr, b, lk, offs_n, n_ok, d_ok, HAS_MASK: tl.constexpr):
+    """The (BLOCK_N, BLOCK_D) elements of K and V to read: keys in range and, with a padding
+    mask, not padded (a padded key is never read, so whatever it holds changes nothing)."""
+    if HAS_MASK:
+        n_ok = n_ok & (tl.load(mask_ptr + b * lk + offs_n, mask=n_ok, other=1) == 0)
+    return n_ok[:, None] & d_ok[None, :]
 
 
 @triton.jit
@@ -216,7 +226,8 @@ def prefusion_attn_bwd_dkdv_kernel(
     n_ok = offs_n < lk
     d_ok = offs_d < HEAD_DIM
     kv_mask = n_ok[:, None] & d_ok[None, :]
-    k, v = _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, kv_mask, skb, skl, skh, svb, svl, svh)
+    k, v = _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, _read_mask(mask_ptr, b, lk, offs_n, n_ok, d_ok, HAS_MASK),
+                    skb, skl, skh, svb, svl, svh)  # fmt: skip
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     shift = lk - lq
@@ -271,8 +282,8 @@ def prefusion_attn_bwd_dq_kernel(
     for n0 in range(0, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < lk
-        kv_mask = n_ok[:, None] & d_ok[None, :]
-        k, v = _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, kv_mask, skb, skl, skh, svb, svl, svh)
+        read = _read_mask(mask_ptr, b, lk, offs_n, n_ok, d_ok, HAS_MASK)
+        k, v = _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, read, skb, skl, skh, svb, svl, svh)
         p = _probabilities(q, tl.trans(k), lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shift, scale_log2,
                            HAS_MASK, CAUSAL, DOT_PRECISION)  # fmt: skip
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)

@@ -41,8 +41,10 @@ def row_softmax(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -
             ``"triton"`` or ``"cuda"``.
 
     Returns:
-        A contiguous tensor of x's shape and dtype; math in float32. A row whose logits are
-        all -inf gives zeros, never NaN. Differentiable on every backend.
+        A contiguous tensor of x's shape and dtype; math in float32. Non-finite values as in
+        ``torch.softmax(scale * x)``: a NaN logit (or a +inf one, through inf - inf) makes its
+        row NaN; except that a row whose logits are all -inf gives zeros, never NaN. Any finite
+        scale, of either sign. Differentiable on every backend.
     """
     check_tensor("x", x)
     if x.dim() == 0:

@@ -6,9 +6,14 @@ import torch
 
 
 def row_softmax_reference(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """softmax(scale * x) over the last dimension, computed in float32 (float64 stays float64)."""
+    """softmax(scale * x) over the last dimension, computed in float32 (float64 stays float64):
+    torch.softmax, except that a row whose every logit is -inf gives zeros (torch: NaN)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.softmax(x.to(acc) * scale, dim=-1).to(x.dtype)
+    z = x.to(acc) * scale
+    y = torch.softmax(z, dim=-1)
+    if z.shape[-1]:
+        y = y.masked_fill((z == float("-inf")).all(dim=-1, keepdim=True), 0.0)
+    return y.to(x.dtype)
 
 
 def row_softmax_backward(grad: torch.Tensor, y: torch.Tensor, scale: float) -> torch.Tensor:

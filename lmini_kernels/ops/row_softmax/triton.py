@@ -23,20 +23,27 @@ def row_softmax_fwd_kernel(x_ptr, y_ptr, cols, x_row_stride, y_row_stride, scale
     offs = tl.arange(0, BLOCK)
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK], tl.float32)
+    nan = tl.zeros([BLOCK], tl.int32)
     for start in range(0, cols, BLOCK):
         mask = start + offs < cols
-        v = tl.load(x_row + start + offs, mask=mask, other=float("-inf")).to(tl.float32) * scale
+        # masked lanes become -inf after the scale (loading -inf and scaling would flip its sign)
+        v = tl.where(mask, tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32) * scale, float("-inf"))
+        nan = nan | (v != v).to(tl.int32)
         m_new = tl.maximum(m, v)
         alive = m_new > float("-inf")  # a lane that saw only -inf keeps s = 0, not NaN
         s = tl.where(alive, s * tl.exp(m - m_new) + tl.exp(v - m_new), 0.0)
         m = m_new
     row_max = tl.max(m, 0)
     row_sum = tl.sum(tl.where(m > float("-inf"), s * tl.exp(m - row_max), 0.0), 0)
-    inv = tl.where(row_sum > 0, 1.0 / row_sum, 0.0)
+    # A NaN logit anywhere makes the row NaN (tl.maximum may drop NaN); +inf gives NaN through
+    # inf - inf; a row of -inf only gives zeros.
+    row_nan = tl.max(nan, 0) > 0
+    empty = row_max == float("-inf")
+    inv = 1.0 / tl.where(empty, 1.0, row_sum)
     for start in range(0, cols, BLOCK):
         mask = start + offs < cols
-        v = tl.load(x_row + start + offs, mask=mask, other=float("-inf")).to(tl.float32) * scale
-        p = tl.where(row_sum > 0, tl.exp(v - row_max) * inv, 0.0)
+        v = tl.load(x_row + start + offs, mask=mask, other=0.0).to(tl.float32) * scale
+        p = tl.where(row_nan, float("nan"), tl.where(empty, 0.0, tl.exp(v - row_max) * inv))
         tl.store(y_row + start + offs, p.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -47,9 +54,10 @@ def _block(cols: int) -> int:
 def launch(x: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(scale * x) over the last dim with the Triton kernel (contiguous output); the
     body of the op ``lmini::row_softmax_triton`` (triton_op.py)."""
-    x2 = x.contiguous().reshape(-1, x.shape[-1]) if x.dim() > 0 else x.reshape(1, 1)
+    cols = x.shape[-1] if x.dim() > 0 else 1
+    x2 = x.contiguous().reshape(x.numel() // cols if cols else 0, cols)
     y = new_output(x2.shape, x2.dtype, x2.device)
-    rows, cols = x2.shape
+    rows = x2.shape[0]
     if rows and cols:
         row_softmax_fwd_kernel[(rows,)](x2, y, cols, x2.stride(0), y.stride(0), scale, BLOCK=_block(cols), num_warps=4)
     return y.reshape(x.shape)
