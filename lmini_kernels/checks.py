@@ -65,3 +65,19 @@ def square_side(n: int, name: str) -> int:
     if side is None:
         raise ValueError(f"{name}: expected a square number (G*G for a G x G grid), got {n}")
     return side
+
+
+#: CUDA's launch limits (every GPU since sm_30): grid axis x takes 2^31 - 1 blocks, y and z 65,535.
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+def check_grid(kernel: str, grid: Sequence[int]) -> tuple[int, ...]:
+    """``grid`` as a tuple when every axis fits :data:`MAX_GRID`, else a ValueError naming the
+    kernel, the axis and both sizes (raised before a launch that a GPU would refuse)."""
+    for axis, (n, limit) in enumerate(zip(grid, MAX_GRID, strict=False)):
+        if n > limit:
+            raise ValueError(
+                f"{kernel}: grid axis {'xyz'[axis]} needs {n} blocks, more than the GPU's {limit}; "
+                "split the batch into smaller calls"
+            )
+    return tuple(int(n) for n in grid)

@@ -124,6 +124,10 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem_bytes, Kernel kernel, Arg
     throw std::invalid_argument("lmini::emu::launch: block must have 1..1024 threads, got " +
                                 std::to_string(nthreads));
   }
+  if (grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u) {  // what a GPU refuses, refused here too
+    throw std::invalid_argument("lmini::emu::launch: grid (" + std::to_string(grid.x) + ", " + std::to_string(grid.y) +
+                                ", " + std::to_string(grid.z) + ") exceeds the GPU's (2^31 - 1, 65535, 65535)");
+  }
   if (nblocks == 0) return;
   std::lock_guard<std::mutex> guard(launch_mutex());
   LaunchState state;

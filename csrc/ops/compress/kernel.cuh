@@ -17,6 +17,7 @@
 // once (B*K*D*4). FLOPs: ~4*B*N*8*D (scores + weighted sums) per K tile, in fp32 FMAs.
 #pragma once
 
+#include "lmini/grid.h"
 #include "lmini/kernels/reduce.cuh"
 
 // Full unrolling keeps acc[kk][e] and w[t] in registers (a dynamic index would put them in
@@ -188,19 +189,26 @@ compress_folded_merge_kernel(const float* __restrict__ part, float* __restrict__
   if (threadIdx.x == 0) lse_out[bk] = st.max + logf(st.sum);
 }
 
+// Grids of the streaming kernel (images x token chunks, tiles of 8 folded rows) and of the merge.
+inline Grid compress_grid(int64_t batch, int64_t splits, int64_t nk) {
+  return {batch * splits, (nk + kCompressKT - 1) / kCompressKT};
+}
+inline Grid compress_merge_grid(int64_t batch, int64_t nk) { return {batch * nk}; }
+
 template <typename T, int ELEMS>
 inline void launch_compress_folded_elems(const T* x, const float* a, const float* p, float* acc, float* lse,
                                          float* part, int64_t batch, int64_t n, int64_t dim, int64_t nk,
                                          int64_t sxb, int64_t sxn, float eps, int splits, cudaStream_t stream) {
   const int64_t chunk = (n + splits - 1) / splits;
   const int threads = compress_threads(dim), tt = compress_tile_tokens(dim);
-  const dim3 grid(unsigned(batch * splits), unsigned((nk + kCompressKT - 1) / kCompressKT));
+  const Grid g = compress_grid(batch, splits, nk);
+  const dim3 grid(unsigned(g.x), unsigned(g.y));
   auto* kernel = compress_folded_kernel<T, ELEMS>;  // (a macro argument cannot hold the template's comma)
   LMINI_LAUNCH(kernel, grid, dim3(threads), size_t(tt) * dim * sizeof(float), stream, x, a, p, acc, lse, part, n,
                dim, nk, sxb, sxn, chunk, splits, tt, eps);
   if (splits > 1) {
-    LMINI_LAUNCH(compress_folded_merge_kernel, dim3(unsigned(batch * nk)), dim3(128), 0, stream, part, acc, lse,
-                 dim, nk, splits);
+    const dim3 merge_grid(unsigned(compress_merge_grid(batch, nk).x));
+    LMINI_LAUNCH(compress_folded_merge_kernel, merge_grid, dim3(128), 0, stream, part, acc, lse, dim, nk, splits);
   }
 }
 

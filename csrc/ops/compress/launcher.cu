@@ -9,6 +9,8 @@ const char* compress_folded(const void* x, const float* a, const float* p, float
                             int64_t x_token_stride, float eps, int64_t splits, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   const int sp = int(splits < 1 ? 1 : splits);
+  if (const char* e = grid_error(compress_grid(batch, sp, nk))) return e;
+  if (const char* e = grid_error(compress_merge_grid(batch, nk))) return e;
   switch (dtype) {
     case DType::f32:
       launch_compress_folded(static_cast<const float*>(x), a, p, acc, lse, part, batch, n, dim, nk, x_batch_stride,

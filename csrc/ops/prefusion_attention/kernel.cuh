@@ -2,8 +2,9 @@
 // over the keys visible to query i (j <= Lk - Lq + i when causal: bottom-right alignment; and
 // key_padding_mask[b, j] false). A query with no visible key gets zeros.
 //
-// Grid (cdiv(Lq, 4), B * Hq), 128 threads: warp w of a block owns query row blockIdx.x * 4 + w
-// of head blockIdx.y % Hq. The block streams tiles of 32 keys and their values through shared
+// Grid (cdiv(Lq, 4) * B * Hq) on axis x (prefusion_grid; axis y would cap B * Hq at 65,535),
+// 128 threads: block (qb, bh) = (x % cdiv(Lq, 4), x / cdiv(Lq, 4)); warp w owns query row
+// qb * 4 + w of head bh % Hq. The block streams tiles of 32 keys and their values through shared
 // memory (as fp32; the K rows padded by one float so that lane j reading key j hits its own
 // bank); in a tile, lane j scores key j against the warp's query, the warp merges max and
 // sum with shuffles (online softmax in the base-2 domain), and each lane accumulates the
@@ -14,6 +15,7 @@
 // 4 query rows (L2 absorbs the re-reads at pre-fusion sizes).
 #pragma once
 
+#include "lmini/grid.h"
 #include "lmini/kernels/reduce.cuh"
 
 namespace lmini {
@@ -35,12 +37,15 @@ prefusion_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, con
   __shared__ float p_s[kPrefusionWarps][kPrefusionTile];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int h = blockIdx.y % hq, hk = h / (hq / hkv);
-  const int64_t b = blockIdx.y / hq;
-  const int i = blockIdx.x * kPrefusionWarps + warp;  // this warp's query row
+  const int64_t q_blocks = (lq + kPrefusionWarps - 1) / kPrefusionWarps;
+  const int qb = int(int64_t(blockIdx.x) % q_blocks);
+  const int64_t bh = int64_t(blockIdx.x) / q_blocks;
+  const int h = int(bh % hq), hk = h / (hq / hkv);
+  const int64_t b = bh / hq;
+  const int i = qb * kPrefusionWarps + warp;  // this warp's query row
   const bool row_ok = i < lq;
   const int shift = lk - lq;
-  const int last_row = prefusion_imin(lq - 1, int(blockIdx.x) * kPrefusionWarps + kPrefusionWarps - 1);
+  const int last_row = prefusion_imin(lq - 1, qb * kPrefusionWarps + kPrefusionWarps - 1);
   const int block_end = causal ? prefusion_imin(lk, shift + last_row + 1) : lk;  // keys any row of the block sees
   const int row_end = !row_ok ? 0 : causal ? prefusion_imin(lk, shift + i + 1) : lk;
 
@@ -92,11 +97,15 @@ prefusion_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, con
   }
 }
 
+inline Grid prefusion_grid(int64_t batch, int64_t lq, int64_t hq) {
+  return {(lq + kPrefusionWarps - 1) / kPrefusionWarps * batch * hq};
+}
+
 template <typename T, int D>
 inline void launch_prefusion_attention_d(const T* q, const T* k, const T* v, const bool* pad, T* out, int64_t batch,
                                          int64_t lq, int64_t lk, int64_t hq, int64_t hkv, bool causal,
                                          float scale_log2, cudaStream_t stream) {
-  const dim3 grid(unsigned((lq + kPrefusionWarps - 1) / kPrefusionWarps), unsigned(batch * hq));
+  const dim3 grid(unsigned(prefusion_grid(batch, lq, hq).x));
   LMINI_LAUNCH((prefusion_attention_kernel<T, D>), grid, dim3(kPrefusionWarps * 32), 0, stream, q, k, v, pad, out,
                int(lq), int(lk), int(hq), int(hkv), causal, scale_log2);
 }

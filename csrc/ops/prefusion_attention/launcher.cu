@@ -29,6 +29,7 @@ const char* prefusion_attention(const void* q, const void* k, const void* v, con
                                 int64_t d, bool causal, float scale, void* stream) {
   if (batch * lq == 0) return nullptr;
   if (lq > lk || hkv <= 0 || hq % hkv != 0) return "lmini::prefusion_attention (CUDA): bad shapes";
+  if (const char* e = grid_error(prefusion_grid(batch, lq, hq))) return e;
   const float scale_log2 = scale * 1.4426950408889634f;  // exp2 in the kernel
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {

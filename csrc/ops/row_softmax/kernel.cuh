@@ -8,6 +8,7 @@
 // This is the library's proof-of-mechanism op; the compression kernels reuse its reductions.
 #pragma once
 
+#include "lmini/grid.h"
 #include "lmini/kernels/reduce.cuh"
 
 namespace lmini {
@@ -30,11 +31,13 @@ row_softmax_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t cols, int
   }
 }
 
+inline Grid row_softmax_grid(int64_t rows) { return {rows}; }
+
 template <typename T>
 inline void launch_row_softmax(const T* x, T* y, int64_t rows, int64_t cols, int64_t x_row_stride,
                                int64_t y_row_stride, float scale, cudaStream_t stream) {
   if (rows == 0) return;
-  LMINI_LAUNCH(row_softmax_kernel<T>, dim3(unsigned(rows)), dim3(kRowSoftmaxThreads), 0, stream, x,
+  LMINI_LAUNCH(row_softmax_kernel<T>, dim3(unsigned(row_softmax_grid(rows).x)), dim3(kRowSoftmaxThreads), 0, stream, x,
                y, cols, x_row_stride, y_row_stride, scale);
 }
 

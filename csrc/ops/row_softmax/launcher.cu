@@ -6,6 +6,7 @@ namespace lmini::cuda {
 
 const char* row_softmax(const void* x, void* y, DType dtype, int64_t rows, int64_t cols,
                         int64_t x_row_stride, int64_t y_row_stride, float scale, void* stream) {
+  if (const char* e = grid_error(row_softmax_grid(rows))) return e;
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case DType::f32:

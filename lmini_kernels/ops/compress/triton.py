@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lmini_kernels.checks import check_grid
 from lmini_kernels.outputs import new_output
 from lmini_kernels.triton_aot import AotSpec
 
@@ -182,12 +183,14 @@ def launch(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits
     if batch == 0 or k == 0:
         return acc, lse
     k_tiles = triton.cdiv(k, KT)
+    if splits < 0:
+        raise ValueError(f"splits: expected >= 0 (0: the kernel chooses), got {splits}")
     splits = min(n, splits or _auto_splits(batch, n, k_tiles, x.device))
     chunk = triton.cdiv(n, splits)
     splits = triton.cdiv(n, chunk)
     block_d = _block_d(dim)
     part = torch.empty((batch * splits, k, block_d + 2), dtype=torch.float32, device=x.device) if splits > 1 else acc
-    compress_folded_fwd_kernel[(batch * splits, k_tiles)](
+    compress_folded_fwd_kernel[check_grid("compress_folded_fwd_kernel", (batch * splits, k_tiles))](
         x, a, p, acc, lse, part, n, dim, k, x.stride(0), x.stride(1), chunk, splits, eps,
         BLOCK_N=BLOCK_N, BLOCK_D=block_d, KT=KT, SPLIT=splits > 1, num_warps=_num_warps(block_d),
     )  # fmt: skip
@@ -242,13 +245,15 @@ def launch_bwd(x, a, p, eps: float, acc, lse, g_acc, g_lse, splits: int = 0):
     dx = new_output((batch, n, dim), x.dtype, x.device)
     if batch == 0 or n == 0:
         return dx.zero_(), torch.zeros_like(a), torch.zeros_like(p)
+    if splits < 0:
+        raise ValueError(f"splits: expected >= 0 (0: the kernel chooses), got {splits}")
     splits = min(n, splits or _auto_splits(batch, n, 1, x.device))
     chunk = triton.cdiv(n, splits)
     splits = triton.cdiv(n, chunk)
     da = torch.empty((batch * splits, k, dim), dtype=torch.float32, device=x.device)
     dp = torch.empty((batch, k, n), dtype=torch.float32, device=x.device)
     block_d = _block_d(dim)
-    compress_folded_bwd_kernel[(batch * splits,)](
+    compress_folded_bwd_kernel[check_grid("compress_folded_bwd_kernel", (batch * splits,))](
         x, a, p, lse, g, c, dx, da, dp, n, dim, k, x.stride(0), x.stride(1), chunk, splits, eps,
         BLOCK_N=BLOCK_N_BWD, BLOCK_D=block_d, KT=_kt_bwd(k), num_warps=_num_warps_bwd(_kt_bwd(k), block_d),
     )  # fmt: skip

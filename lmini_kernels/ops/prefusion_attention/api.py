@@ -40,15 +40,22 @@ def _run_emulated(q, k, v, causal, key_padding_mask, softmax_scale):
     return torch.ops.lmini_emu.prefusion_attention(q, k, v, causal, key_padding_mask, _scale(q, softmax_scale))
 
 
-def _check_cpu(head_dim: int) -> list[str]:
+# The Triton kernels put query (or key) tiles of at least 16 rows on grid axis y (65,535 blocks).
+TRITON_MAX_LEN = 65535 * 16
+
+
+def _check_cpu(head_dim: int, **_) -> list[str]:
     return [] if head_dim <= CPU_MAX_HEAD_DIM else [f"head dim {head_dim} > {CPU_MAX_HEAD_DIM}"]
 
 
-def _check_triton(head_dim: int) -> list[str]:
-    return [] if head_dim in TRITON_HEAD_DIMS else [f"head dim {head_dim} not in {TRITON_HEAD_DIMS}"]
+def _check_triton(head_dim: int, lk: int = 0, **_) -> list[str]:
+    reasons = [] if head_dim in TRITON_HEAD_DIMS else [f"head dim {head_dim} not in {TRITON_HEAD_DIMS}"]
+    if lk > TRITON_MAX_LEN:
+        reasons.append(f"{lk} keys > {TRITON_MAX_LEN} (grid axis y of the Triton kernels)")
+    return reasons
 
 
-def _check_cuda(head_dim: int) -> list[str]:
+def _check_cuda(head_dim: int, **_) -> list[str]:
     return [] if head_dim in CUDA_HEAD_DIMS else [f"head dim {head_dim} not in {CUDA_HEAD_DIMS}"]
 
 
@@ -117,7 +124,7 @@ def prefusion_attention(
             raise TypeError(f"key_padding_mask: expected dtype bool (True = ignore), got {key_padding_mask.dtype}")
     check_same([("q", q), ("k", k), ("v", v)])
     check_same([("q", q), ("key_padding_mask", key_padding_mask)], dtype=False)
-    impl = _REG.select(backend, {"q": q, "k": k, "v": v}, head_dim=d)
+    impl = _REG.select(backend, {"q": q, "k": k, "v": v}, head_dim=d, lk=lk)
     return impl.run(q, k, v, causal, key_padding_mask, softmax_scale)
 
 

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lmini_kernels.checks import MAX_GRID, check_grid
 from lmini_kernels.outputs import new_output
 from lmini_kernels.triton_aot import AotSpec
 
@@ -75,11 +76,12 @@ def prefusion_attn_fwd_kernel(
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         n_ok = offs_n < hi
-        if HAS_MASK:  # padded keys are never read: whatever their K and V hold changes nothing
-            n_ok = n_ok & (tl.load(mask_ptr + b * lk + offs_n, mask=n_ok, other=1) == 0)
         kt = tl.load(k_base + offs_n[None, :] * skl + offs_d[:, None], mask=n_ok[None, :] & d_ok[:, None], other=0.0)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * scale_log2
         visible = n_ok[None, :] & m_ok[:, None]
+        if HAS_MASK:
+            pad = tl.load(mask_ptr + b * lk + offs_n, mask=n_ok, other=1)
+            visible = visible & (pad == 0)[None, :]
         if CAUSAL:
             visible = visible & (offs_n[None, :] <= shift + offs_m[:, None])
         s = tl.where(visible, s, float("-inf"))
@@ -104,15 +106,14 @@ def prefusion_attn_fwd_kernel(
         tl.store(ws_ml_ptr + row * 2 * lq + offs_m, m_i, mask=m_ok)
         tl.store(ws_ml_ptr + row * 2 * lq + lq + offs_m, l_i, mask=m_ok)
     else:
-        empty = m_i == float("-inf")  # no visible key: zeros (a NaN row keeps its NaN)
-        inv = tl.where(empty, 0.0, 1.0 / tl.where(empty, 1.0, l_i))
+        inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)  # no visible key: zeros
         out = acc * inv[:, None]
         tl.store(
             o_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :],
             out.to(o_ptr.dtype.element_ty),
             mask=m_ok[:, None] & d_ok[None, :],
         )
-        lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+        lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
         tl.store(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, lse, mask=m_ok)
 
 
@@ -149,14 +150,13 @@ def prefusion_attn_combine_kernel(
         l_i = l_i * a_old + l_s * a_new
         acc = acc * a_old[:, None] + o_s * a_new[:, None]
         m_i = m_new
-    empty = m_i == float("-inf")  # no visible key in any split: zeros (a NaN row keeps its NaN)
-    inv = tl.where(empty, 0.0, 1.0 / tl.where(empty, 1.0, l_i))
+    inv = tl.where(l_i > 0, 1.0 / tl.where(l_i > 0, l_i, 1.0), 0.0)
     tl.store(
         o_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :],
         (acc * inv[:, None]).to(o_ptr.dtype.element_ty),
         mask=m_ok[:, None] & d_ok[None, :],
     )
-    lse = tl.where(empty, float("-inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
+    lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("-inf"))
     tl.store(lse_ptr + pid_bh.to(tl.int64) * lq + offs_m, lse, mask=m_ok)
 
 
@@ -173,15 +173,6 @@ def _probabilities(q, kt, lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shif
         visible = visible & (offs_n[None, :] <= shift + offs_m[:, None])
     lse_use = tl.where(lse > float("-inf"), lse, 0.0)
     return tl.where(visible, tl.exp2(s - lse_use[:, None]), 0.0)
-
-
-@triton.jit
-def _read_mask(mask_ptr, b, lk, offs_n, n_ok, d_ok, HAS_MASK: tl.constexpr):
-    """The (BLOCK_N, BLOCK_D) elements of K and V to read: keys in range and, with a padding
-    mask, not padded (a padded key is never read, so whatever it holds changes nothing)."""
-    if HAS_MASK:
-        n_ok = n_ok & (tl.load(mask_ptr + b * lk + offs_n, mask=n_ok, other=1) == 0)
-    return n_ok[:, None] & d_ok[None, :]
 
 
 @triton.jit
@@ -226,8 +217,7 @@ def prefusion_attn_bwd_dkdv_kernel(
     n_ok = offs_n < lk
     d_ok = offs_d < HEAD_DIM
     kv_mask = n_ok[:, None] & d_ok[None, :]
-    k, v = _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, _read_mask(mask_ptr, b, lk, offs_n, n_ok, d_ok, HAS_MASK),
-                    skb, skl, skh, svb, svl, svh)  # fmt: skip
+    k, v = _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, kv_mask, skb, skl, skh, svb, svl, svh)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     shift = lk - lq
@@ -282,8 +272,8 @@ def prefusion_attn_bwd_dq_kernel(
     for n0 in range(0, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < lk
-        read = _read_mask(mask_ptr, b, lk, offs_n, n_ok, d_ok, HAS_MASK)
-        k, v = _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, read, skb, skl, skh, svb, svl, svh)
+        kv_mask = n_ok[:, None] & d_ok[None, :]
+        k, v = _load_kv(k_ptr, v_ptr, b, hk, offs_n, offs_d, kv_mask, skb, skl, skh, svb, svl, svh)
         p = _probabilities(q, tl.trans(k), lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shift, scale_log2,
                            HAS_MASK, CAUSAL, DOT_PRECISION)  # fmt: skip
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -295,6 +285,14 @@ def prefusion_attn_bwd_dq_kernel(
 
 def _inner_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _zero_padded(t: torch.Tensor, key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """``t`` (B, Lk, H, d) with the padded keys' rows zeroed, so that whatever a padded slot
+    holds (NaN, inf) never reaches P @ V (0 * NaN) or the gradients. On the host, one extra pass
+    over t: masking the kernels' tile loads instead costs the fp16 forward 24 bytes of register
+    spill at head dims 80-128 on sm_80 (ptxas, AOT_SPECS), which the AOT check refuses."""
+    return t.masked_fill(key_padding_mask.view(*key_padding_mask.shape, 1, 1), 0.0)
 
 
 SPLIT_BLOCK_M = 16  # few queries: 16-row blocks, the tl.dot minimum
@@ -325,48 +323,94 @@ def choose_splits(b: int, hq: int, lq: int, lk: int, block_m: int, block_n: int,
     return max(1, min(triton.cdiv(target, programs), lk // (4 * block_n)))
 
 
+def batch_chunk(b: int, heads: int) -> int:
+    """Samples per launch: the kernels put (sample, head) pairs on grid axis y, which takes
+    65,535 blocks on every GPU, so a larger batch (2,048 frames x 32 heads is 65,536 pairs) runs
+    as several launches over batch slices (the kernels' program order is kept: it decides
+    their register allocation, checked spill-free by the AOT compile)."""
+    return max(1, min(b, MAX_GRID[1] // heads))
+
+
+def _batch_slices(b: int, chunk: int) -> list[slice]:
+    return [slice(b0, min(b, b0 + chunk)) for b0 in range(0, b, chunk)]
+
+
+def forward_plan(b: int, lq: int, lk: int, hq: int, dtype: torch.dtype, splits: int, device: torch.device) -> dict:
+    """Tiles, batch chunk, key split and grids of one forward launch (pure: the tests check the
+    grids of the largest shapes against the GPU's limits without a GPU). ``splits`` 0 = choose."""
+    chunk = batch_chunk(b, hq)
+    if splits <= 0:
+        _, block_n, _ = _config(True, dtype)
+        splits = choose_splits(chunk, hq, lq, lk, SPLIT_BLOCK_M, block_n, device)
+    block_m, block_n, warps = _config(splits > 1, dtype)
+    keys_per_split = triton.cdiv(triton.cdiv(lk, splits), block_n) * block_n
+    splits = triton.cdiv(lk, keys_per_split)
+    grids = {"prefusion_attn_fwd_kernel": (triton.cdiv(lq, block_m), chunk * hq, splits)}
+    if splits > 1:
+        grids["prefusion_attn_combine_kernel"] = (triton.cdiv(lq, SPLIT_BLOCK_M), chunk * hq)
+    grids = {name: check_grid(name, g) for name, g in grids.items()}
+    return dict(block_m=block_m, block_n=block_n, warps=warps, splits=splits, keys_per_split=keys_per_split,
+                batch_chunk=chunk, grids=grids)  # fmt: skip
+
+
 def attention_forward(q, k, v, causal: bool, key_padding_mask, scale: float, splits: int = 0):
     """Launch the forward (the op ``lmini::prefusion_attention_triton`` in triton_op.py); returns
     out (B, Lq, Hq, d) and the base-2 log-sum-exp (B, Hq, Lq) of the scaled scores (-inf for
     rows with no visible key). ``splits`` 0 = choose."""
     q, k, v = _inner_contiguous(q), _inner_contiguous(k), _inner_contiguous(v)
     b, lq, hq, d = q.shape
-    lk, hkv = k.shape[1], k.shape[2]
     out = new_output((b, lq, hq, d), q.dtype, q.device)
     lse = torch.empty((b, hq, lq), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    if splits <= 0:
-        _, block_n, _ = _config(True, q.dtype)
-        splits = choose_splits(b, hq, lq, lk, SPLIT_BLOCK_M, block_n, q.device)
-    block_m, block_n, warps = _config(splits > 1, q.dtype)
-    keys_per_split = triton.cdiv(triton.cdiv(lk, splits), block_n) * block_n
-    splits = triton.cdiv(lk, keys_per_split)
-    mask = q if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
+    plan = forward_plan(b, lq, k.shape[1], hq, q.dtype, splits, q.device)
+    mask = None
+    if key_padding_mask is not None:
+        mask = key_padding_mask.contiguous().view(torch.uint8)
+        v = _zero_padded(v, key_padding_mask)
+    for sl in _batch_slices(b, plan["batch_chunk"]):  # views: each launch writes its slice of out and lse
+        _forward_launch(q[sl], k[sl], v[sl], None if mask is None else mask[sl], out[sl], lse[sl], causal, scale, plan)
+    return out, lse
+
+
+def _forward_launch(q, k, v, mask, out, lse, causal: bool, scale: float, plan: dict) -> None:
+    b, lq, hq, d = q.shape
+    lk, hkv = k.shape[1], k.shape[2]
+    splits, grids = plan["splits"], plan["grids"]
     split = splits > 1
     ws_o = torch.empty((b * hq, splits, lq, d) if split else (1,), dtype=torch.float32, device=q.device)
     ws_ml = torch.empty((b * hq, splits, 2, lq) if split else (1,), dtype=torch.float32, device=q.device)
     block_d = triton.next_power_of_2(d)
-    grid = (triton.cdiv(lq, block_m), b * hq, splits)
+    grid = (grids["prefusion_attn_fwd_kernel"][0], b * hq, splits)  # the last chunk may be smaller
     prefusion_attn_fwd_kernel[grid](
-        q, k, v, mask, out, lse, ws_o, ws_ml,
+        q, k, v, q if mask is None else mask, out, lse, ws_o, ws_ml,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
-        lq, lk, hq, hq // hkv, keys_per_split, scale * LOG2E,
-        HAS_MASK=key_padding_mask is not None, CAUSAL=causal, SPLIT=split, HEAD_DIM=d, BLOCK_D=block_d,
-        BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=warps, num_stages=2,
+        lq, lk, hq, hq // hkv, plan["keys_per_split"], scale * LOG2E,
+        HAS_MASK=mask is not None, CAUSAL=causal, SPLIT=split, HEAD_DIM=d, BLOCK_D=block_d,
+        BLOCK_M=plan["block_m"], BLOCK_N=plan["block_n"], DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=plan["warps"], num_stages=2,
     )  # fmt: skip
     if split:
-        prefusion_attn_combine_kernel[(triton.cdiv(lq, SPLIT_BLOCK_M), b * hq)](
+        prefusion_attn_combine_kernel[(grids["prefusion_attn_combine_kernel"][0], b * hq)](
             ws_o, ws_ml, out, lse, lq, hq, splits, HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=SPLIT_BLOCK_M, num_warps=4
         )
-    return out, lse
 
 
 def _bwd_config(dtype: torch.dtype) -> tuple[int, int, int]:
     """BLOCK_M, BLOCK_N, num_warps of the backward kernels (no spills on sm_80/sm_90, AOT_SPECS)."""
     return (16, 16, 4) if dtype == torch.float32 else (32, 32, 8)
+
+
+def backward_grids(b: int, lq: int, lk: int, hq: int, hkv: int, dtype: torch.dtype) -> dict[str, tuple[int, ...]]:
+    """Grids of the two backward kernels for one batch chunk (pure, checked against the GPU's limits)."""
+    block_m, block_n, _ = _bwd_config(dtype)
+    chunk = batch_chunk(b, hq)
+    grids = {
+        "prefusion_attn_bwd_dkdv_kernel": (triton.cdiv(lk, block_n), chunk * hkv),
+        "prefusion_attn_bwd_dq_kernel": (triton.cdiv(lq, block_m), chunk * hq),
+    }
+    return {name: check_grid(name, g) for name, g in grids.items()}
 
 
 def attention_backward(grad_out, q, k, v, key_padding_mask, out, lse, causal: bool, scale: float):
@@ -383,21 +427,31 @@ def attention_backward(grad_out, q, k, v, key_padding_mask, out, lse, causal: bo
     dv = torch.empty((b, lk, hkv, d), dtype=v.dtype, device=v.device)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    mask = q if key_padding_mask is None else key_padding_mask.contiguous().view(torch.uint8)
+    mask = None
+    if key_padding_mask is not None:
+        mask = key_padding_mask.contiguous().view(torch.uint8)
+        k, v = _zero_padded(k, key_padding_mask), _zero_padded(v, key_padding_mask)
     block_m, block_n, warps = _bwd_config(q.dtype)
-    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-               v.stride(0), v.stride(1), v.stride(2))  # fmt: skip
     meta = dict(
-        HAS_MASK=key_padding_mask is not None, CAUSAL=causal, HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d),
+        HAS_MASK=mask is not None, CAUSAL=causal, HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d),
         BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=warps, num_stages=1,
     )  # fmt: skip
-    prefusion_attn_bwd_dkdv_kernel[(triton.cdiv(lk, block_n), b * hkv)](
-        q, k, v, mask, do, lse, delta, dk, dv, *strides, lq, lk, hq, hkv, scale, scale * LOG2E, **meta
-    )
-    prefusion_attn_bwd_dq_kernel[(triton.cdiv(lq, block_m), b * hq)](
-        q, k, v, mask, do, lse, delta, dq, *strides, lq, lk, hq, hq // hkv, scale, scale * LOG2E, **meta
-    )
+    grids = backward_grids(b, lq, lk, hq, hkv, q.dtype)
+    for sl in _batch_slices(b, batch_chunk(b, hq)):
+        qs, ks, vs = q[sl], k[sl], v[sl]
+        ms = qs if mask is None else mask[sl]
+        nb = qs.shape[0]
+        strides = (qs.stride(0), qs.stride(1), qs.stride(2), ks.stride(0), ks.stride(1), ks.stride(2),
+                   vs.stride(0), vs.stride(1), vs.stride(2))  # fmt: skip
+        prefusion_attn_bwd_dkdv_kernel[(grids["prefusion_attn_bwd_dkdv_kernel"][0], nb * hkv)](
+            qs, ks, vs, ms, do[sl], lse[sl], delta[sl], dk[sl], dv[sl], *strides, lq, lk, hq, hkv, scale,
+            scale * LOG2E, **meta,
+        )  # fmt: skip
+        prefusion_attn_bwd_dq_kernel[(grids["prefusion_attn_bwd_dq_kernel"][0], nb * hq)](
+            qs, ks, vs, ms, do[sl], lse[sl], delta[sl], dq[sl], *strides, lq, lk, hq, hq // hkv, scale,
+            scale * LOG2E, **meta,
+        )  # fmt: skip
     return dq, dk, dv
 
 

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lmini_kernels.checks import check_grid
 from lmini_kernels.outputs import new_output
 from lmini_kernels.triton_aot import AotSpec
 
@@ -59,7 +60,8 @@ def launch(x: torch.Tensor, scale: float) -> torch.Tensor:
     y = new_output(x2.shape, x2.dtype, x2.device)
     rows = x2.shape[0]
     if rows and cols:
-        row_softmax_fwd_kernel[(rows,)](x2, y, cols, x2.stride(0), y.stride(0), scale, BLOCK=_block(cols), num_warps=4)
+        grid = check_grid("row_softmax_fwd_kernel", (rows,))
+        row_softmax_fwd_kernel[grid](x2, y, cols, x2.stride(0), y.stride(0), scale, BLOCK=_block(cols), num_warps=4)
     return y.reshape(x.shape)
 
 

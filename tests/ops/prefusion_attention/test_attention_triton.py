@@ -95,3 +95,24 @@ def test_head_dim_refused() -> None:
     q, k, v, _ = make_inputs(1, 2, 4, 2, 2, 48, pad=False)
     with pytest.raises(NotSupportedError, match="head dim 48"):
         lmini_kernels.prefusion_attention(q, k, v, backend="triton")
+
+
+def test_batches_past_grid_axis_y_run_in_chunks(monkeypatch) -> None:
+    """(sample, head) pairs sit on grid axis y (65,535 blocks): a larger batch runs as several
+    launches over batch slices. Shrunk here to 4 pairs per launch, so 5 samples x 2 heads take
+    3 launches, forward and backward, padding and GQA included."""
+    import lmini_kernels.ops.prefusion_attention.triton as tri
+
+    monkeypatch.setattr(tri, "MAX_GRID", (2**31 - 1, 4, 65535))
+    assert tri.batch_chunk(5, 2) == 2
+    q, k, v, mask = make_inputs(5, 3, 40, 2, 1, 64)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = lmini_kernels.prefusion_attention(*leaves, key_padding_mask=mask, backend="triton")
+    ref_leaves = [t.double().requires_grad_(True) for t in (q, k, v)]
+    ref = prefusion_attention_reference(*ref_leaves, True, mask)
+    assert_close(out, ref, dtype=torch.float32)
+    g = randn(*q.shape)
+    out.backward(g)
+    ref.backward(g.double())
+    for got, want in zip(leaves, ref_leaves, strict=True):
+        assert_close(got.grad, want.grad, dtype=torch.float32)
