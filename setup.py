@@ -102,7 +102,16 @@ def nvidia_wheel_includes() -> list[str]:
 
 
 #: setup.py commands that need no torch (sdist and its metadata).
-NO_TORCH_COMMANDS = {"sdist", "egg_info", "check", "clean", "--help", "-h", "--version"}
+NO_TORCH_COMMANDS = {"sdist", "egg_info", "check", "clean"}
+
+
+def needs_torch(argv: list[str]) -> bool:
+    """Whether ``setup.py <argv>`` builds (and so needs torch): its command, the first argument
+    that is not a global option (``-q sdist`` is an sdist), is not one of NO_TORCH_COMMANDS.
+    Options alone (``--help``, ``--version``, ``--name``) query metadata and need none."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command is not None and command not in NO_TORCH_COMMANDS
+
 
 NO_TORCH = (
     "lmini-kernels is built against the torch already installed in this environment, and there is none: "
@@ -205,7 +214,7 @@ def _packages() -> dict:
 def main() -> None:
     torch = import_build_torch()
     if torch is None:
-        if set(sys.argv[1:2]) <= NO_TORCH_COMMANDS:  # an sdist: sources only, any torch at install
+        if not needs_torch(sys.argv[1:]):  # an sdist: sources only, any torch at install
             setup(install_requires=["torch>=2.6", *RUNTIME_REQUIRES], **_packages())
             return
         raise SystemExit(NO_TORCH)

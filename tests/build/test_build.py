@@ -130,3 +130,11 @@ def test_the_build_finds_torch_where_build_isolation_hides_it(tmp_path):
     (pth_dir / "torch").mkdir()
     (pth_dir / "torch" / "__init__.py").write_text("")
     assert setup.torch_site_dir(dirs) == str(pth_dir)  # a .pth in the venv's site-packages, first
+
+
+def test_an_sdist_needs_no_torch_whatever_the_global_options():
+    setup = _setup_module()
+    for argv in (["sdist"], ["-q", "sdist", "-d", "dist"], ["--quiet", "egg_info"], ["--version"], ["--help"], []):
+        assert not setup.needs_torch(argv), argv
+    for argv in (["bdist_wheel"], ["-q", "build_ext", "--inplace"], ["dist_info"], ["-v", "develop"]):
+        assert setup.needs_torch(argv), argv
