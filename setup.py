@@ -18,7 +18,8 @@ touches neither this file nor any shared C++ file.
 
 **torch is not a build requirement**: the extension is built against the torch already
 installed, found even under pip's build isolation (which hides it from sys.path) in this
-interpreter's own site-packages; with no torch a build refuses in one line (an sdist needs
+interpreter's site-packages (a venv's own, the system's that a venv includes, or a directory a
+``.pth`` file there adds); with no torch a build refuses in one line (an sdist needs
 none). What was built, and for which torch, is written to ``lmini_kernels/_build_info.json``
 (readable without loading ``_C``), and the wheel requires that torch's ``major.minor``.
 """
@@ -101,7 +102,16 @@ def nvidia_wheel_includes() -> list[str]:
 
 
 #: setup.py commands that need no torch (sdist and its metadata).
-NO_TORCH_COMMANDS = {"sdist", "egg_info", "check", "clean", "--help", "-h", "--version"}
+NO_TORCH_COMMANDS = {"sdist", "egg_info", "check", "clean"}
+
+
+def needs_torch(argv: list[str]) -> bool:
+    """Whether ``setup.py <argv>`` builds (and so needs torch): its command, the first argument
+    that is not a global option (``-q sdist`` is an sdist), is not one of NO_TORCH_COMMANDS.
+    Options alone (``--help``, ``--version``, ``--name``) query metadata and need none."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command is not None and command not in NO_TORCH_COMMANDS
+
 
 NO_TORCH = (
     "lmini-kernels is built against the torch already installed in this environment, and there is none: "
@@ -109,22 +119,54 @@ NO_TORCH = (
 )
 
 
+def site_dirs(roots: list[str] | None = None) -> list[str]:
+    """Where this interpreter finds installed packages, as pip's build isolation sees them: each
+    site-packages directory (a venv's own, then the system's when the venv includes it), each
+    followed by the directories that its ``.pth`` files add. Under isolation pip hides all of
+    them from sys.path."""
+    if roots is None:
+        import site
+        import sysconfig
+
+        paths = sysconfig.get_paths()
+        roots = [paths.get("purelib"), paths.get("platlib"), *site.getsitepackages()]
+    dirs: list[str] = []
+    for root in roots:
+        if not root or root in dirs or not os.path.isdir(root):
+            continue
+        dirs.append(root)
+        for pth in sorted(Path(root).glob("*.pth")):
+            for line in pth.read_text(errors="ignore").splitlines():
+                line = line.strip()
+                if not line or line.startswith(("#", "import ", "import\t")):
+                    continue
+                d = os.path.join(root, line)  # as site.addsitedir reads it
+                if os.path.isdir(d) and d not in dirs:
+                    dirs.append(d)
+    return dirs
+
+
+def torch_site_dir(dirs: list[str]) -> str | None:
+    """The first of ``dirs`` that holds the torch package."""
+    return next((d for d in dirs if (Path(d) / "torch" / "__init__.py").is_file()), None)
+
+
 def import_build_torch():
-    """The installed torch, or None. Under pip's build isolation this interpreter's own
-    site-packages (where the user's torch lives) is hidden from sys.path; it is appended (after
-    the isolated build tools) so that the build uses that torch instead of fetching another."""
+    """The installed torch, or None. Under pip's build isolation this interpreter's site-packages
+    (where the user's torch lives) is hidden from sys.path; the directory that holds torch is
+    appended (after the isolated build tools) so that the build uses that torch instead of
+    fetching another."""
     try:
         import torch
 
         return torch
     except ImportError:
         pass
-    import sysconfig
-
-    for key in ("purelib", "platlib"):
-        site = sysconfig.get_paths().get(key)
-        if site and (Path(site) / "torch").is_dir() and site not in sys.path:
-            sys.path.append(site)
+    site_dir = torch_site_dir(site_dirs())
+    if site_dir is None:
+        return None
+    if site_dir not in sys.path:
+        sys.path.append(site_dir)
     try:
         import torch
 
@@ -172,7 +214,7 @@ def _packages() -> dict:
 def main() -> None:
     torch = import_build_torch()
     if torch is None:
-        if set(sys.argv[1:2]) <= NO_TORCH_COMMANDS:  # an sdist: sources only, any torch at install
+        if not needs_torch(sys.argv[1:]):  # an sdist: sources only, any torch at install
             setup(install_requires=["torch>=2.6", *RUNTIME_REQUIRES], **_packages())
             return
         raise SystemExit(NO_TORCH)

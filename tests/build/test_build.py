@@ -108,3 +108,33 @@ def test_build_record_and_the_message_of_a_build_for_another_torch(tmp_path):
     assert not info["extension_loaded"] and info["backends_compiled"] == []
     assert "built for torch 2.13.0 (CUDA none), running torch " + torch.__version__ in info["extension_error"]
     assert "--no-build-isolation" in info["extension_error"]
+
+
+def test_the_build_finds_torch_where_build_isolation_hides_it(tmp_path):
+    """Under pip's build isolation the build looks for torch in every site-packages directory the
+    interpreter has (a venv's own, then the system's a venv includes) and in the directories their
+    .pth files add, as site.py does; a torch elsewhere, or a bare torch/ folder, is not taken."""
+    setup = _setup_module()
+    venv_site, system_site, pth_dir, other = (tmp_path / n for n in ("venv", "system", "pth-target", "other"))
+    for d in (venv_site, system_site, pth_dir, other):
+        d.mkdir()
+    (other / "torch").mkdir()  # named by nothing: never taken
+    (venv_site / "torch").mkdir()  # no __init__.py: not a package
+    (venv_site / "deps.pth").write_text(f"# a comment\nimport os\n{pth_dir}\n../missing\n")
+    dirs = setup.site_dirs([str(venv_site), str(venv_site), None, str(system_site), str(tmp_path / "absent")])
+    assert dirs == [str(venv_site), str(pth_dir), str(system_site)]
+    assert setup.torch_site_dir(dirs) is None
+    (system_site / "torch").mkdir()
+    (system_site / "torch" / "__init__.py").write_text("")
+    assert setup.torch_site_dir(dirs) == str(system_site)  # a venv with --system-site-packages
+    (pth_dir / "torch").mkdir()
+    (pth_dir / "torch" / "__init__.py").write_text("")
+    assert setup.torch_site_dir(dirs) == str(pth_dir)  # a .pth in the venv's site-packages, first
+
+
+def test_an_sdist_needs_no_torch_whatever_the_global_options():
+    setup = _setup_module()
+    for argv in (["sdist"], ["-q", "sdist", "-d", "dist"], ["--quiet", "egg_info"], ["--version"], ["--help"], []):
+        assert not setup.needs_torch(argv), argv
+    for argv in (["bdist_wheel"], ["-q", "build_ext", "--inplace"], ["dist_info"], ["-v", "develop"]):
+        assert setup.needs_torch(argv), argv
