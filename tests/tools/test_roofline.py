@@ -67,6 +67,11 @@ def test_cli_and_bad_input(tmp_path, capsys):
         roofline.run([str(bad)], str(tmp_path / "d"), 1.0, 1.0)
     with pytest.raises(SystemExit):
         profile_main(["roofline", path, "--bandwidth", "-1"])
+    broken = tmp_path / "broken.json"
+    for text in ('{"rows": [', "\xff\xfe"):
+        broken.write_bytes(text.encode("latin-1"))
+        with pytest.raises(ValueError, match=r"broken\.json: not a JSON results file"):
+            roofline.run([str(broken)], str(tmp_path / "e"), 1.0, 1.0)
 
 
 def test_reads_the_bench_harness_json(tmp_path):

@@ -23,8 +23,16 @@ from lmini_tools.bench.harness import BenchContext
 DIM, HEADS = 1024, 8
 
 
-def _cases(device: str, quick: bool) -> list[tuple[str, int, int, int]]:
-    """(name, B, grid side G, C)."""
+def _option(ctx: BenchContext, name: str, default):
+    value = getattr(ctx.options, name, None)
+    return default if value is None else value
+
+
+def _cases(device: str, quick: bool, ctx: BenchContext | None = None) -> list[tuple[str, int, int, int]]:
+    """(name, B, grid side G, C): the default cases, or the one that --batch/--grid/--queries-side ask for."""
+    if ctx is not None and any(_option(ctx, n, None) is not None for n in ("batch", "grid", "queries_side")):
+        b, g, c = _option(ctx, "batch", 64), _option(ctx, "grid", 24), _option(ctx, "queries_side", 1)
+        return [(f"B={b} N={g * g} C={c}", b, g, c)]
     video = 1024 if device == "cuda" else 256
     hd_batch = 64 if device == "cuda" else 8
     cases = [("image B=1", 1, 24, 1), ("batch B=64", 64, 24, 1)]
@@ -44,9 +52,9 @@ def _fused_backends(device: str) -> list[str]:
     return names
 
 
-def _official(grid: int, device: str, dtype: torch.dtype) -> OfficialResampler:
+def _official(grid: int, device: str, dtype: torch.dtype, dim: int = DIM, heads: int = HEADS) -> OfficialResampler:
     torch.manual_seed(0)
-    m = OfficialResampler(grid, DIM, HEADS)
+    m = OfficialResampler(grid, dim, heads)
     with torch.no_grad():  # trained-looking parameters, never an identity or zeros
         for name, prm in m.named_parameters():
             if name != "pos_embed":
@@ -57,20 +65,21 @@ def _official(grid: int, device: str, dtype: torch.dtype) -> OfficialResampler:
 def run(ctx: BenchContext) -> None:
     """Measure every provider on every case (see the module docstring)."""
     device = ctx.device
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    dtype = ctx.dtype_or(torch.float16 if device == "cuda" else torch.float32)
+    dim, heads = _option(ctx, "dim", DIM), _option(ctx, "heads", HEADS)
     itemsize = torch.empty((), dtype=dtype).element_size()
     backends = _fused_backends(device)
-    for case, batch, grid, c in _cases(device, ctx.quick):
+    for case, batch, grid, c in _cases(device, ctx.quick, ctx):
         n, q = grid * grid, c * c
-        off = _official(c, device, dtype)
+        off = _official(c, device, dtype, dim, heads)
         fused = FusedResampler.from_module(off).eval()
-        x = torch.randn(batch, n, DIM, device=device, dtype=dtype)
-        nbytes = (batch * n * DIM + batch * q * DIM) * itemsize
-        flops = 4 * batch * n * q * HEADS * DIM + 4 * batch * q * DIM * DIM
+        x = torch.randn(batch, n, dim, device=device, dtype=dtype)
+        nbytes = (batch * n * dim + batch * q * dim) * itemsize
+        flops = 4 * batch * n * q * heads * dim + 4 * batch * q * dim * dim
         kw = dict(nbytes=nbytes, flops=flops, baseline="official eager")
         with torch.no_grad():
             ctx.measure(case, "official eager", lambda off=off, x=x: off(x), **kw)
-            if not ctx.quick:
+            if not ctx.quick and ctx.wants("official torch.compile"):
                 compiled = torch.compile(off)
                 ctx.measure(case, "official torch.compile", lambda f=compiled, x=x: f(x), **kw)
             if case.startswith("video"):
@@ -87,7 +96,8 @@ def run(ctx: BenchContext) -> None:
                             lambda x=x, f=f, e=eps: torch.ops.lmini.compress_folded(x, f.a, f.p, e, 0),
                             **kw)  # fmt: skip
         del off, fused, x
-    _goals(ctx, backends)
+    if getattr(ctx.options, "goals", False):
+        _goals(ctx, backends)
 
 
 def _goals(ctx: BenchContext, backends: list[str]) -> None:

@@ -67,7 +67,7 @@ def _sdpa(q, k, v, mask):
 
 def run_attention(ctx: BenchContext) -> None:
     device = ctx.device
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    dtype = ctx.dtype_or(torch.float16 if device == "cuda" else torch.float32)
     frames = 16 if ctx.quick else 64
     cases = [("attn suffix 44x620", 1, 44, 620), ("attn full 620x620", 1, 620, 620)]
     cases.append((f"attn frames B={frames} 44x620", frames, 44, 620))
@@ -123,7 +123,7 @@ def run_module(ctx: BenchContext) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     device = ctx.device
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    dtype = ctx.dtype_or(torch.float16 if device == "cuda" else torch.float32)
     model = _model(device, dtype)
     fused = model.fused_prefusion(backend="auto")
     hidden = model.config.text.hidden_size
@@ -189,7 +189,8 @@ def run(ctx: BenchContext) -> None:
     """Attention op cases, then module cases (see the module docstring)."""
     run_attention(ctx)
     run_module(ctx)
-    _goals(ctx)
+    if getattr(ctx.options, "goals", False):
+        _goals(ctx)
 
 
 def _goals(ctx: BenchContext) -> None:

@@ -93,7 +93,13 @@ def load_results(paths: list[str]) -> tuple[list[dict], dict, list[str]]:
     """Results from every file, the first file's metadata (device, date, device_peaks), notes."""
     results, meta, notes = [], {}, []
     for p in paths:
-        doc = json.loads(Path(p).read_text())
+        try:
+            doc = json.loads(Path(p).read_text())
+        except json.JSONDecodeError as exc:  # name the file and where, in one line
+            where = f"line {exc.lineno} column {exc.colno}"
+            raise ValueError(f"{p}: not a JSON results file ({exc.msg} at {where})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"{p}: not a JSON results file (not UTF-8 text)") from None
         rows = doc if isinstance(doc, list) else doc.get("results", doc.get("rows"))
         if not isinstance(rows, list):
             raise ValueError(f"results: {p} has no 'results' or 'rows' list (expected the lmini bench JSON)")
