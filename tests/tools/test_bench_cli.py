@@ -63,3 +63,12 @@ def test_pytest_benchmark_suite_smoke(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     names = {b["name"] for b in json.loads(report.read_text())["benchmarks"]}
     assert any("official eager" in n for n in names) and any("lmini cpu" in n for n in names), names
+
+
+def test_backward_mode_runs_every_provider():
+    out = lmini("bench", "compress", "--mode", "fwd+bwd", "--batch", "2", "--grid", "3", "--dim", "16", "--heads", "2",
+                "--no-write", "--min-run-time", "0.01")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    table = [line for line in out.stdout.splitlines() if line.startswith("| B=2")]
+    assert {line.split("|")[2].strip() for line in table} >= {"official eager", "lmini reference", "lmini cpu"}
+    assert "--mode fwd+bwd" in out.stdout  # in each row's repro command

@@ -32,6 +32,10 @@ SHAPES: dict[str, list[tuple[str, str]]] = {
 }
 
 
+#: suites that also time the backward (ops with autograd), and their modes
+MODES: dict[str, tuple[str, ...]] = {"compress": ("fwd", "fwd+bwd")}
+
+
 def _load(name: str):
     module, func = SUITES[name][0].split(":")
     return getattr(importlib.import_module(module), func)
@@ -54,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--goals", action="store_true", help="also print the project's performance goals vs this run")
         for flag, h in SHAPES[name]:
             s.add_argument(flag, type=positive_int, default=None, help=h)
+        if name in MODES:
+            s.add_argument("--mode", choices=MODES[name], default="fwd",
+                           help="fwd: inference; fwd+bwd: forward and backward into x and every parameter")  # fmt: skip
     return p
 
 
@@ -64,6 +71,8 @@ def repro_args(args: argparse.Namespace, device: str) -> list[str]:
         value = getattr(args, flag.lstrip("-").replace("-", "_"))
         if value is not None:
             out += [flag, str(value)]
+    if getattr(args, "mode", "fwd") != "fwd":
+        out += ["--mode", args.mode]
     if args.quick:
         out.append("--quick")
     if args.min_run_time != 1.0:
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     args.dtype = args.dtype or ("float16" if device == "cuda" else "float32")
     wanted = None if args.providers is None else frozenset(p.strip() for p in args.providers.split(",") if p.strip())
-    env = dict(environment(device), dtype=args.dtype)
+    env = dict(environment(device), dtype=args.dtype, mode=getattr(args, "mode", "fwd"))
     print(f"lmini bench {args.suite}: {env['device_name']}, {env['threads']} threads, {args.dtype}, "
           f"isa {env['isa']}, torch {env['torch']}, {env['date']}")  # fmt: skip
     run_time = 0.3 if args.quick and args.min_run_time == 1.0 else args.min_run_time  # --quick: shorter by default

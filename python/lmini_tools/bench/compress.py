@@ -62,8 +62,24 @@ def _official(grid: int, device: str, dtype: torch.dtype, dim: int = DIM, heads:
     return m.to(device=device, dtype=dtype).eval()
 
 
+def _timed(fn, x: torch.Tensor, mode: str):
+    """``fn(x)`` as timed in ``mode``: "fwd" (no autograd) or "fwd+bwd" (the forward, then the
+    backward of the output's sum into x and every parameter, as in training)."""
+    if mode == "fwd":
+        return lambda: fn(x)
+    xg = x.detach().requires_grad_(True)
+
+    def step():
+        with torch.enable_grad():
+            out = fn(xg)
+            (out[0] if isinstance(out, tuple) else out).float().sum().backward()
+
+    return step
+
+
 def run(ctx: BenchContext) -> None:
     """Measure every provider on every case (see the module docstring)."""
+    mode = getattr(ctx.options, "mode", None) or "fwd"
     device = ctx.device
     dtype = ctx.dtype_or(torch.float16 if device == "cuda" else torch.float32)
     dim, heads = _option(ctx, "dim", DIM), _option(ctx, "heads", HEADS)
@@ -77,19 +93,20 @@ def run(ctx: BenchContext) -> None:
         nbytes = (batch * n * dim + batch * q * dim) * itemsize
         flops = 4 * batch * n * q * heads * dim + 4 * batch * q * dim * dim
         kw = dict(nbytes=nbytes, flops=flops, baseline="official eager")
+        if mode != "fwd":
+            fused.train()  # the fold is recomputed from the parameters on every call, as in training
         with torch.no_grad():
-            ctx.measure(case, "official eager", lambda off=off, x=x: off(x), **kw)
+            ctx.measure(case, "official eager", _timed(off, x, mode), **kw)
             if not ctx.quick and ctx.wants("official torch.compile"):
-                compiled = torch.compile(off)
-                ctx.measure(case, "official torch.compile", lambda f=compiled, x=x: f(x), **kw)
-            if case.startswith("video"):
+                ctx.measure(case, "official torch.compile", _timed(torch.compile(off), x, mode), **kw)
+            if case.startswith("video") and mode == "fwd":
                 frames = list(x.split(1))
                 ctx.measure(case, "official per-frame loop", lambda off=off, fr=frames: [off(f) for f in fr],
                             **kw, min_run_time=0.0)  # fmt: skip
-            ctx.measure(case, "lmini reference", lambda m=fused, x=x: m(x, backend="reference"), **kw)
+            ctx.measure(case, "lmini reference", _timed(lambda t, m=fused: m(t, backend="reference"), x, mode), **kw)
             for b in backends:
-                ctx.measure(case, f"lmini {b}", lambda m=fused, x=x, b=b: m(x, backend=b), **kw)
-            if "cpu" in backends and device == "cpu":
+                ctx.measure(case, f"lmini {b}", _timed(lambda t, m=fused, b=b: m(t, backend=b), x, mode), **kw)
+            if "cpu" in backends and device == "cpu" and mode == "fwd":
                 # Diagnostic: the streaming kernel alone (x -> acc), without the GEMM epilogue.
                 f, eps = fused.folded(n), fused.ln_kv.eps
                 ctx.measure(case, "lmini cpu: streaming kernel only",
