@@ -19,6 +19,7 @@ from lmini_kernels.dispatch import registry
 from lmini_kernels.modules import FusedResampler
 from lmini_tools.baselines import OfficialResampler
 from lmini_tools.bench.harness import BenchContext
+from lmini_tools.progress import steps
 
 DIM, HEADS = 1024, 8
 
@@ -85,7 +86,7 @@ def run(ctx: BenchContext) -> None:
     dim, heads = _option(ctx, "dim", DIM), _option(ctx, "heads", HEADS)
     itemsize = torch.empty((), dtype=dtype).element_size()
     backends = _fused_backends(device)
-    for case, batch, grid, c in _cases(device, ctx.quick, ctx):
+    for case, batch, grid, c in steps(_cases(device, ctx.quick, ctx), "bench compress: case", label=lambda c: c[0]):
         n, q = grid * grid, c * c
         off = _official(c, device, dtype, dim, heads)
         fused = FusedResampler.from_module(off).eval()

@@ -33,6 +33,7 @@ from lmini_kernels.dispatch import registry
 from lmini_kernels.ops.prefusion_attention import prefusion_attention
 from lmini_kernels.ops.prefusion_attention.reference import visible_mask
 from lmini_tools.bench.harness import BenchContext
+from lmini_tools.progress import steps
 
 HEADS, HEAD_DIM = 32, 128
 N_VISION, N_COMPRESSED, N_TEXT = 576, 1, 43
@@ -73,7 +74,7 @@ def run_attention(ctx: BenchContext) -> None:
     cases.append((f"attn frames B={frames} 44x620", frames, 44, 620))
     flash = _flash_attn() if device == "cuda" else None
     compiled_sdpa = None if ctx.quick else torch.compile(_sdpa)
-    for case, b, lq, lk in cases:
+    for case, b, lq, lk in steps(cases, "bench prefusion: case", label=lambda c: c[0]):
         q = torch.randn(b, lq, HEADS, HEAD_DIM, device=device, dtype=dtype)
         k = torch.randn(b, lk, HEADS, HEAD_DIM, device=device, dtype=dtype)
         v = torch.randn(b, lk, HEADS, HEAD_DIM, device=device, dtype=dtype)

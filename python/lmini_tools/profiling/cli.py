@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from lmini_tools.args import positive_float, positive_int
+
 
 def _flops(args: argparse.Namespace) -> int:
     from lmini_tools.profiling import flops
@@ -36,20 +38,6 @@ def _roofline(args: argparse.Namespace) -> int:
     return roofline.main_from_args(args)
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmini profile", description="FLOPs, memory and roofline suites")
     sub = parser.add_subparsers(dest="suite", required=True)
@@ -58,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
     p.add_argument(
         "--text-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=43,
         help="text tokens in the prompt besides the image (default 43: the length that reproduces the paper)",
     )
@@ -75,12 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the tables")
     p.add_argument(
         "--gpu-gb",
-        type=_positive_float,
+        type=positive_float,
         nargs="+",
         default=[24.0, 80.0],
         help="GPU sizes in GiB for the max-frames table (default 24 80)",
     )
-    p.add_argument("--text-tokens", type=_positive_int, default=43, help="text tokens of the question (default 43)")
+    p.add_argument("--text-tokens", type=positive_int, default=43, help="text tokens of the question (default 43)")
     p.add_argument(
         "--measure-gpu",
         action="store_true",
@@ -91,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("roofline", help="achieved GB/s and TFLOP/s of benchmark results against the floor")
     p.add_argument("results", nargs="+", help="JSON files written by `lmini bench` (or the minimal schema)")
     p.add_argument("--out", default="profiling/results", help="directory for roofline.png and roofline.md")
-    p.add_argument("--bandwidth", type=_positive_float, help="device copy bandwidth in GB/s (default: measure)")
-    p.add_argument("--tflops", type=_positive_float, help="device matmul rate in TFLOP/s (default: measure)")
+    p.add_argument("--bandwidth", type=positive_float, help="device copy bandwidth in GB/s (default: measure)")
+    p.add_argument("--tflops", type=positive_float, help="device matmul rate in TFLOP/s (default: measure)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
     p.set_defaults(func=_roofline)
     return parser

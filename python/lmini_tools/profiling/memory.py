@@ -39,6 +39,7 @@ from torch.utils._pytree import tree_flatten
 
 from llava_mini import LlavaMini
 from lmini_kernels import nvtx
+from lmini_tools.progress import steps
 
 GiB = 2**30
 MB = 1e6
@@ -615,14 +616,14 @@ def memory_report(
         "kv_cache_detail": kv,
     }
     images = {}
-    for name in ("llava-v1.5-7b", model_name, "llava-mini-hd-vicuna-7b"):
+    for name in steps(("llava-v1.5-7b", model_name, "llava-mini-hd-vicuna-7b"), "memory: image request"):
         mode, model = build_fake_model(LlavaMiniConfig.from_name(name))
         images[name] = track(mode, model, lambda tr, m=model: image_request(m, tr, req)).summary()
     doc["image_request"] = images
 
     mode, model = build_fake_model(LlavaMiniConfig.from_name(model_name))
     w = model_bytes(model)
-    preds = {pipe: VideoPredictor(mode, model, pipe, req) for pipe in PIPELINES}
+    preds = {pipe: VideoPredictor(mode, model, pipe, req) for pipe in steps(PIPELINES, "memory: video pipeline")}
     video = {}
     for frames in (1000, 10000):
         video[str(frames)] = {
