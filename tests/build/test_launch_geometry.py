@@ -2,7 +2,8 @@
 z: 65,535), checked on the CPU from the kernels' own geometry functions: the Triton launch plans
 (Python) and the CUDA ones (csrc/ops/*/kernel.cuh, built here with g++ against the host SIMT
 layer). The largest video case, 2,048 frames x 32 heads, is 65,536 (batch, head) pairs: one
-more than axis y takes, which is why no kernel puts B * H on y.
+more than axis y takes, so the CUDA kernel puts them on axis x and the Triton launchers, which
+keep them on y, launch over batch slices.
 """
 
 from __future__ import annotations

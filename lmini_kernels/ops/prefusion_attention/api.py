@@ -40,7 +40,9 @@ def _run_emulated(q, k, v, causal, key_padding_mask, softmax_scale):
     return torch.ops.lmini_emu.prefusion_attention(q, k, v, causal, key_padding_mask, _scale(q, softmax_scale))
 
 
-# The Triton kernels put query (or key) tiles of at least 16 rows on grid axis y (65,535 blocks).
+# Sequence bound of the Triton route: 65,535 tiles of 16 rows. It dates from a grid layout with
+# the tiles on axis y; the kernels now put them on axis x (2^31 - 1 blocks) and every grid is
+# checked before launch (checks.check_grid), so the bound is stricter than the launch needs.
 TRITON_MAX_LEN = 65535 * 16
 
 
@@ -101,9 +103,9 @@ def prefusion_attention(
         garbage in a padded cache slot) changes nothing; a NaN in what a query sees (its q, a
         visible key's K or V, the scale) makes its output NaN, as in torch. One exception, on
         every backend: a non-finite V of a key beyond a query's causal horizon (a later
-        position of the suffix, not padding) can reach that query's row through 0 * NaN. Differentiable on the
-        reference, cpu and cuda (backward through the reference math) and triton (Triton
-        backward kernels) backends.
+        position of the suffix, not padding) can reach that query's row through 0 * NaN.
+        Differentiable on the reference, cpu and cuda (backward through the reference math)
+        and triton (Triton backward kernels) backends.
     """
     check_tensor("q", q, ndim=4)
     check_tensor("k", k, ndim=4)

@@ -1,9 +1,9 @@
 """``lmini bench <suite>``: run a registered benchmark suite and write its results.
 
 Registering a suite is one line in :data:`SUITES`: its name, the ``module:function`` of a
-``run(ctx: BenchContext) -> None`` (see :mod:`lmini_tools.bench.harness`) and its help. A suite
-may add options of its own (shapes) with an ``add_arguments(parser)`` function in its module;
-they reach it as ``ctx.options``.
+``run(ctx: BenchContext) -> None`` (see :mod:`lmini_tools.bench.harness`) and its help. A suite's
+own options (shapes in :data:`SHAPES`, modes in :data:`MODES`) are declared here, so that
+``--help`` imports no torch; the suite reads them as ``ctx.options``.
 """
 
 from __future__ import annotations
@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     run_time = 0.3 if args.quick and args.min_run_time == 1.0 else args.min_run_time  # --quick: shorter by default
     ctx = BenchContext(args.suite, device, quick=args.quick, min_run_time=run_time,
                        dtype=getattr(torch, args.dtype), providers=wanted,
-                       repro_args=repro_args(args, device))  # fmt: skip
-    ctx.options = args
+                       repro_args=repro_args(args, device), options=args)  # fmt: skip
     ctx.copy_gbps = copy_bandwidth_gbps(device)
     print(f"copy bandwidth (same run): {ctx.copy_gbps:.1f} GB/s (read + write)")
     _load(args.suite)(ctx)

@@ -94,8 +94,6 @@ def run(ctx: BenchContext) -> None:
         nbytes = (batch * n * dim + batch * q * dim) * itemsize
         flops = 4 * batch * n * q * heads * dim + 4 * batch * q * dim * dim
         kw = dict(nbytes=nbytes, flops=flops, baseline="official eager")
-        if mode != "fwd":
-            fused.train()  # the fold is recomputed from the parameters on every call, as in training
         with torch.no_grad():
             ctx.measure(case, "official eager", _timed(off, x, mode), **kw)
             if not ctx.quick and ctx.wants("official torch.compile"):
