@@ -45,6 +45,22 @@ def check_same(names_tensors: Iterable[tuple[str, torch.Tensor | None]], *, dtyp
             raise TypeError(f"{n} has dtype {t.dtype} but {n0} has {t0.dtype}; all inputs must share one dtype")
 
 
+def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum`` (bools and floats refused), else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return value
+
+
+def check_eps(name: str, value: object) -> float:
+    """A normalisation epsilon: a finite float > 0, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < float("inf")):
+        raise ValueError(f"{name}: expected a finite float > 0, got {value!r}")
+    return float(value)
+
+
 def square_root(n: int) -> int | None:
     """The side G of a perfect square n = G*G (G >= 1), else None. A symbolic size (torch.compile
     with dynamic shapes) is specialised: the grid's side sets the position table's shape."""

@@ -34,7 +34,7 @@ def cases(dtype: torch.dtype = torch.float16):
     """(op, label, make_call(backend), flops, bytes) for each op."""
     es = torch.tensor([], dtype=dtype).element_size()
     n, d, heads, q = 576, 1024, 8, 1
-    res = FusedResampler(1, d, heads).to(dtype).eval()  # caches the parameter-only folding, as in use
+    res = FusedResampler(1, d, heads).to(dtype).eval().freeze()  # caches the parameter-only folding, as in use
     with torch.no_grad():
         for p in res.parameters():
             if p.requires_grad:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import lmini_kernels
+from lmini_kernels.checks import check_eps, check_positive_int
 from lmini_kernels.modules.llama import LlamaDecoderLayer, rope_tables
 
 __all__ = ["FusedPreFusion", "PrefusionCache"]
@@ -93,13 +94,15 @@ class FusedPreFusion(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
+        for name, value in [("hidden_size", hidden_size), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
+                            ("intermediate_size", intermediate_size), ("num_layers", num_layers)]:  # fmt: skip
+            check_positive_int(name, value)
+        check_eps("rms_norm_eps", rms_norm_eps)
         if hidden_size % num_heads or num_heads % num_kv_heads:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must divide into num_heads ({num_heads}) and num_heads into "
                 f"num_kv_heads ({num_kv_heads})"
             )
-        if num_layers < 1:
-            raise ValueError(f"num_layers: expected at least 1, got {num_layers}")
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim = hidden_size // num_heads
         if inv_freq.shape != (self.head_dim // 2,):
@@ -313,6 +316,11 @@ def _check_mask(mask: torch.Tensor | None, b: int, n: int, device) -> torch.Tens
 def _check_tokens(name: str, t: torch.Tensor, m: FusedPreFusion) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    hidden = m.layers[0].self_attn.q_proj.weight.shape[1]
+    w = m.layers[0].self_attn.q_proj.weight
+    hidden = w.shape[1]
     if t.dim() != 3 or t.shape[-1] != hidden:
         raise ValueError(f"{name}: expected shape (B, L, {hidden}), got {tuple(t.shape)}")
+    if t.dtype != w.dtype:
+        raise TypeError(f"{name}: dtype {t.dtype} differs from the parameters' {w.dtype}; cast one to the other")
+    if t.device != w.device:
+        raise ValueError(f"{name}: on {t.device} but the parameters are on {w.device}")

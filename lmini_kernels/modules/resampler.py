@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmini_kernels.checks import square_root
+from lmini_kernels.checks import check_positive_int, square_root
 from lmini_kernels.ops.compress.api import compress
 from lmini_kernels.ops.compress.folded import Folded, fold
 from lmini_kernels.ops.compress.positions import compress_positions, get_2d_sincos_pos_embed
@@ -22,17 +22,23 @@ class FusedResampler(nn.Module):
     ``load_state_dict(official_state_dict, strict=True)`` works. ``attn`` is an
     ``nn.MultiheadAttention`` used only as the container of the packed projections.
 
-    In inference (no graph being recorded) the module caches what depends only on its
-    parameters: the folded query vectors and the key-position logits for each N. The cache is
-    keyed on every parameter's version counter, so an in-place update (an optimizer step, a
-    ``load_state_dict``) invalidates it; in training the folding is recomputed every forward
-    so gradients reach every parameter.
+    The parameter-only work (the folded query vectors, the key-position logits for each N) is
+    recomputed on every call by default, so the output always follows the parameters, however
+    they were changed. :meth:`freeze` caches it for inference (one entry per N), keyed on every
+    parameter's identity, storage and version counter: an optimizer step, a ``load_state_dict``
+    or an in-place op under ``torch.no_grad()`` invalidates it. A write that bypasses the
+    version counter (``p.data.mul_()``, ``p.data.copy_()``, writes through a NumPy view) cannot
+    be seen; after one, call :meth:`refresh` (or do not freeze). While a graph is recorded
+    (training) or compiled, the fold is always recomputed, so gradients reach every parameter.
     """
 
     def __init__(self, grid_size: int, embed_dim: int, num_heads: int, kv_dim: int | None = None) -> None:
         super().__init__()
-        if grid_size < 1:
-            raise ValueError(f"grid_size: expected >= 1, got {grid_size}")
+        check_positive_int("grid_size", grid_size)
+        check_positive_int("embed_dim", embed_dim)
+        check_positive_int("num_heads", num_heads)
+        if kv_dim is not None:
+            check_positive_int("kv_dim", kv_dim)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim: {embed_dim} is not divisible by num_heads = {num_heads}")
         self.grid_size, self.embed_dim, self.num_heads = grid_size, embed_dim, num_heads
@@ -46,6 +52,7 @@ class FusedResampler(nn.Module):
         self.ln_q = nn.LayerNorm(embed_dim)
         self.ln_kv = nn.LayerNorm(embed_dim)
         self._cache: dict[tuple, Folded] = {}
+        self._frozen = False
 
     @classmethod
     def from_module(cls, m: nn.Module) -> FusedResampler:
@@ -76,11 +83,39 @@ class FusedResampler(nn.Module):
         f.pos_k = pos_k
         return f
 
+    def freeze(self) -> FusedResampler:
+        """Cache the parameter-only work for inference (see the class docstring for what
+        invalidates it and what cannot be seen). Returns ``self``."""
+        self._frozen = True
+        self._cache = {}
+        return self
+
+    def unfreeze(self) -> FusedResampler:
+        """Back to recomputing the parameter-only work on every call; drops the cache."""
+        self._frozen = False
+        self._cache = {}
+        return self
+
+    def refresh(self) -> FusedResampler:
+        """Drop the cache (after a parameter write that bypasses the version counter)."""
+        self._cache = {}
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        """Whether :meth:`freeze` is in effect."""
+        return self._frozen
+
     def folded(self, n: int) -> Folded:
-        """The parameter-only tensors of the folded algorithm for N = ``n`` tokens; cached
-        unless a graph is being recorded for these parameters (training) or compiled."""
+        """The parameter-only tensors of the folded algorithm for N = ``n`` tokens: cached when
+        :meth:`freeze` is in effect and no graph is being recorded (training) or compiled,
+        recomputed otherwise."""
         params = self._params()
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        if (
+            not self._frozen
+            or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+        ):
             return self._fold(n)
         key = (n, self.ln_q.eps, self.ln_kv.eps) + tuple(
             (id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params

@@ -7,7 +7,7 @@ pre-fusion LLaMA layers, LLaMA LLM with a KV cache).
 
 from .config import IMAGE_TOKEN_INDEX, LlavaMiniConfig, RopeScaling, TextConfig, VisionConfig
 from .model import LlavaMini, MultimodalInputs, Resampler, num_parameters, retile_hd
-from .weights import WeightLoadError, load_weights, save_weights
+from .weights import CheckpointError, WeightLoadError, load_weights, save_weights
 
 __all__ = [
     "IMAGE_TOKEN_INDEX",
@@ -18,6 +18,7 @@ __all__ = [
     "RopeScaling",
     "TextConfig",
     "VisionConfig",
+    "CheckpointError",
     "WeightLoadError",
     "load_weights",
     "num_parameters",

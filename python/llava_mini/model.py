@@ -233,13 +233,16 @@ class LlavaMini(nn.Module):
         dtype: torch.dtype | None = None,
         device: str = "cpu",
         backend: str = "auto",
+        mmap: bool = False,
     ) -> LlavaMini:
-        """Build on the meta device (no memory, no init) and load a local checkpoint directory."""
+        """Build on the meta device (no memory, no init) and load a local checkpoint directory
+        (:func:`llava_mini.weights.load_weights`: the parameters own their memory unless
+        ``mmap=True``, which leaves them mapped onto the files on CPU)."""
         from .weights import load_weights
 
         with torch.device("meta"):
             model = cls(config, backend=backend)
-        load_weights(model, directory)
+        load_weights(model, directory, mmap=mmap, dtype=dtype)
         model.to(device=device, dtype=dtype)
         model.materialize_buffers(device)
         return model.eval()

@@ -200,6 +200,40 @@ def test_bad_inputs_name_the_argument() -> None:
         fused.fuse(cache, t, torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="chunks"):
         fused.fuse_video([(v, c)], t)
+    with pytest.raises(TypeError, match="text_embeds: dtype torch.float64"):
+        fused(v, c, t.double())
+    with pytest.raises(TypeError, match="vision_tokens: dtype torch.bfloat16"):
+        fused.prefill(v.bfloat16(), c)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("num_heads", 0), ("num_kv_heads", 0), ("hidden_size", 0), ("intermediate_size", -1), ("num_layers", 0),
+     ("rms_norm_eps", 0.0), ("rms_norm_eps", float("nan")), ("num_heads", 2.5)],
+)  # fmt: skip
+def test_constructor_rejects_bad_sizes(field, value) -> None:
+    kw = dict(hidden_size=32, num_heads=4, num_kv_heads=2, intermediate_size=48, num_layers=2, rms_norm_eps=1e-5)
+    kw[field] = value
+    with pytest.raises(ValueError, match=field):
+        FusedPreFusion(**kw, inv_freq=torch.ones(4))
+
+
+def test_empty_batch_and_empty_chunk_as_the_op() -> None:
+    """B = 0 gives empty outputs on every entry point; a chunk of 0 frames adds nothing."""
+    model = build("tiny")
+    fused = model.fused_prefusion()
+    h = model.config.text.hidden_size
+    v, c, t = torch.randn(2, 16, h), torch.randn(2, 1, h), torch.randn(2, 5, h)
+    with torch.no_grad():
+        comp, text = fused(v[:0], c[:0], t[:0])
+        assert comp.shape == (0, 1, h) and text.shape == (0, 5, h)
+        comp, text = fused.fuse(fused.prefill(v[:0], c[:0]), t[:0])
+        assert comp.shape == (0, 1, h) and text.shape == (0, 5, h)
+        empty = (v[:, None][:, :0], c[:, None][:, :0])
+        full = (v[:, None], c[:, None])
+        tokens, mean = fused.fuse_video([empty, full], t)
+        want_tokens, want_mean = fused.fuse_video([full], t)
+    assert torch.equal(tokens, want_tokens) and torch.equal(mean, want_mean)
 
 
 # ----------------------------------------------------------------------------- FLOPs

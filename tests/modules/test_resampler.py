@@ -70,8 +70,8 @@ def test_each_layernorm_keeps_its_own_eps(backend):
         assert (wrong - ref.float()).norm() > 0.05 * ref.norm()
 
 
-def test_cache_follows_parameter_updates_and_n():
-    fused = lk.FusedResampler.from_module(_official(2, 16, 2))
+def test_frozen_cache_follows_parameter_updates_and_n():
+    fused = lk.FusedResampler.from_module(_official(2, 16, 2)).freeze()
     x5, x3 = randn(2, 25, 16), randn(2, 9, 16)
     with torch.no_grad():
         a = fused(x5, backend="cpu")[0]
@@ -85,6 +85,46 @@ def test_cache_follows_parameter_updates_and_n():
     assert not torch.equal(a, b)
     assert_close(b, ref, factor=3.0)
     assert len(fused._cache) == 1  # the stale entries are gone
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda m: m.attn.in_proj_weight.data.mul_(1.5),
+        lambda m: m.query.data.copy_(torch.randn_like(m.query)),
+        lambda m: m.ln_kv.weight.data.mul_(-1),
+        lambda m: m.pos_embed.data.mul_(3),
+    ],
+)
+def test_writes_through_data_are_never_served_stale(write):
+    """``p.data`` writes do not bump the version counter: unfrozen (the default), the module
+    recomputes the fold each call and follows them; frozen, ``refresh()`` does."""
+    x = randn(2, 25, 16)
+    fused = lk.FusedResampler.from_module(_official(2, 16, 2))
+    with torch.no_grad():
+        before = fused(x, backend="cpu")[0]
+        write(fused)
+        after = fused(x, backend="cpu")[0]
+        assert not torch.equal(before, after)
+        assert_close(after, fused(x, backend="reference")[0], factor=3.0)
+        assert not fused._cache
+        fused.freeze()
+        fused(x, backend="cpu")
+        write(fused)
+        fused.refresh()
+        assert_close(fused(x, backend="cpu")[0], fused(x, backend="reference")[0], factor=3.0)
+        fused.unfreeze()
+        assert not fused.frozen and not fused._cache
+
+
+@pytest.mark.parametrize(
+    ("args", "word"),
+    [((1, 16, 0), "num_heads"), ((0, 16, 2), "grid_size"), ((1, 0, 2), "embed_dim"), ((1, 16, 2, 0), "kv_dim"),
+     ((1, 16, 3), "num_heads"), ((1, 16, 2.0), "num_heads"), ((1, 16, True), "num_heads")],
+)  # fmt: skip
+def test_constructor_rejects_bad_sizes(args, word):
+    with pytest.raises(ValueError, match=word):
+        lk.FusedResampler(*args)
 
 
 def test_training_reaches_every_parameter():

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from lmini_kernels.checks import check_same, check_tensor, square_side
+from lmini_kernels.checks import check_eps, check_positive_int, check_same, check_tensor, square_side
 
 
 @dataclass
@@ -70,13 +70,9 @@ class CompressWeights:
         """Raise a ValueError/TypeError naming the field when these weights cannot compress ``x``
         (B, N, kv_dim)."""
         check_tensor("x", x, ndim=3)
-        h = self.num_heads
-        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
-            raise ValueError(f"num_heads: expected a positive int, got {h!r}")
-        for name in _SCALARS - {"num_heads"}:
-            e = getattr(self, name)
-            if isinstance(e, bool) or not isinstance(e, int | float) or not e > 0:
-                raise ValueError(f"{name}: expected a positive float, got {e!r}")
+        h = check_positive_int("num_heads", self.num_heads)
+        for name in sorted(_SCALARS - {"num_heads"}):
+            check_eps(name, getattr(self, name))
         n, kv_dim = x.shape[1], x.shape[2]
         square_side(n, "x.shape[1] (tokens per image)")
         check_tensor("query", self.query, ndim=2)

@@ -3,7 +3,7 @@
 Providers: the official module eager (nn.MultiheadAttention, as the official code calls it),
 the same under torch.compile, the official per-frame Python loop (video case), our reference
 (official math, one batched call) and each fused backend of ``FusedResampler`` that runs on
-the device (folded algorithm, parameter-only work cached as in inference); on CPU also the
+the device (folded algorithm, frozen: parameter-only work cached as in inference); on CPU also the
 streaming kernel alone (x -> per-row accumulators, no epilogue GEMMs), as a diagnostic.
 Cases: one image (B = 1), a batch (B = 64), a video (B = 1024 frames on GPU, 256 on CPU), HD
 (N = 48*48, C = 8). D = 1024, 8 heads (LLaVA-Mini); fp32 on CPU, fp16 on GPU.
@@ -89,7 +89,7 @@ def run(ctx: BenchContext) -> None:
     for case, batch, grid, c in steps(_cases(device, ctx.quick, ctx), "bench compress: case", label=lambda c: c[0]):
         n, q = grid * grid, c * c
         off = _official(c, device, dtype, dim, heads)
-        fused = FusedResampler.from_module(off).eval()
+        fused = FusedResampler.from_module(off).eval().freeze()  # inference: parameter-only work cached
         x = torch.randn(batch, n, dim, device=device, dtype=dtype)
         nbytes = (batch * n * dim + batch * q * dim) * itemsize
         flops = 4 * batch * n * q * heads * dim + 4 * batch * q * dim * dim

@@ -63,3 +63,21 @@ def check_folded(backend: str, batch: int, grid: int, c: int, heads: int, dh: in
     assert_close(out, ref)
     assert_close(w, ref_w)
     return w
+
+
+def check_eps_numbers(backend: str, dtype=torch.float32, device: str = "cpu", algorithm: str = "auto") -> None:
+    """Each LayerNorm's own eps reaches ``backend``'s numbers: features and queries of variance
+    ~1e-3, where eps = 1e-2 moves the output by tens of percent. The output matches the oracle
+    with the same epsilons and is far from the oracle with the default (or swapped) ones, so a
+    kernel that drops or swaps an eps cannot pass."""
+    heads, dim, c, grid = 2, 16, 2, 3
+    p = {k: v.to(device) for k, v in make_params(dim, heads, c, grid, dtype).items()}
+    p["query"] = p["query"] * 0.03
+    x = randn(3, grid * grid, dim, dtype=dtype, device=device, scale=0.03)
+    eps = dict(ln_q_eps=1e-6, ln_kv_eps=1e-2)
+    ref = oracle(x, p, heads, **eps)[0]
+    out = run(x, p, heads, backend, eps=eps, algorithm=algorithm)[0]
+    assert_close(out, ref)
+    for wrong in (dict(ln_q_eps=1e-5, ln_kv_eps=1e-5), dict(ln_q_eps=1e-2, ln_kv_eps=1e-6)):
+        other = oracle(x, p, heads, **wrong)[0]
+        assert (other - ref).norm() > 0.05 * ref.norm(), "the test inputs must make eps matter"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_helpers import check_folded, make_params, oracle, run, weights_of
+from compress_helpers import check_eps_numbers, check_folded, make_params, oracle, run, weights_of
 from utils import TOLERANCE, assert_close, non_contiguous, randn
 
 import lmini_kernels as lk
@@ -157,7 +157,7 @@ def _bad_call(**over):
         (dict(x=randn(2, 10, 16)), ("x.shape[1]", "square")),
         (dict(x=randn(9, 16)), ("x", "3 dimensions")),
         (dict(heads=5), ("num_heads",)),
-        (dict(heads=0), ("num_heads", "positive")),
+        (dict(heads=0), ("num_heads", ">= 1")),
         (dict(query=randn(3, 16)), ("query.shape[0]", "square")),
         (dict(in_proj_weight=randn(48, 15)), ("in_proj_weight", "(48, 16)")),
         (dict(out_proj_bias=randn(15)), ("out_proj_bias", "(16)")),
@@ -217,3 +217,8 @@ def test_every_isa_path(monkeypatch, isa, dim, k_rows):
     acc, lse = core_cpp(x.float(), a.float(), pp.float(), 1e-5, 1)
     assert_close(acc, acc_ref, dtype=torch.float32)
     assert_close(lse, lse_ref, dtype=torch.float32)
+
+
+@pytest.mark.parametrize(("backend", "algorithm"), [("reference", "auto"), ("cpu", "folded"), ("cpu", "projected")])
+def test_layernorm_eps_reaches_the_numbers(backend, algorithm):
+    check_eps_numbers(backend, algorithm=algorithm)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_helpers import check_folded, make_params, run
+from compress_helpers import check_eps_numbers, check_folded, make_params, run
 from utils import assert_close, non_contiguous, randn
 
 import lmini_kernels as lk
@@ -96,3 +96,7 @@ def test_cuda_backward_and_opcheck_on_gpu():
     x = randn(2, 9, 12, device="cuda")
     torch.library.opcheck(torch.ops.lmini.compress_folded.default, (x, randn(5, 12, device="cuda"),
                                                                     randn(5, 9, device="cuda"), 1e-5, 0))  # fmt: skip
+
+
+def test_cuda_layernorm_eps_reaches_the_numbers():
+    check_eps_numbers("cuda", device=DEVICE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_helpers import check_folded, make_params, oracle, run
+from compress_helpers import check_eps_numbers, check_folded, make_params, oracle, run
 from utils import assert_close, non_contiguous, randn
 
 import lmini_kernels as lk
@@ -124,3 +124,7 @@ def test_triton_backward_uses_the_kernel_and_refuses_wide_k(monkeypatch):
     args = (randn(2, k, 12, device=DEVICE), randn(2, k, device=DEVICE))
     with pytest.raises(ValueError, match="at most 16 folded rows and"):
         real(x.detach(), randn(k, 12, device=DEVICE), randn(k, 9, device=DEVICE), 1e-5, *args, *args)
+
+
+def test_triton_layernorm_eps_reaches_the_numbers():
+    check_eps_numbers("triton", device=DEVICE)
