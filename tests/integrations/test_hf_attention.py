@@ -9,6 +9,8 @@ fallback for what the op does not serve.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,7 +134,7 @@ def test_cached_continuation_is_a_suffix_over_the_prefix(family, op_calls):
     assert not hf_attention._warned
 
 
-def greedy(model, ids, mask, steps):
+def greedy(model, ids, mask, steps, cache):
     out = model.generate(
         ids,
         attention_mask=mask,
@@ -141,19 +143,22 @@ def greedy(model, ids, mask, steps):
         output_scores=True,
         return_dict_in_generate=True,
         pad_token_id=0,
+        cache_implementation=cache,
     )
     return out.sequences[:, ids.shape[1] :], torch.stack(out.scores, dim=1)  # (B, steps), (B, steps, V)
 
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 @pytest.mark.parametrize("side", ["left", "none"])
-def test_greedy_generate_with_kv_cache(family, side, op_calls):
-    """Same tokens as SDPA; the scores of every step agree until a (float-rounding) tie."""
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_greedy_generate_with_kv_cache(family, side, cache, op_calls):
+    """Same tokens as SDPA; the scores of every step agree until a (float-rounding) tie. A
+    static cache hands the attention every slot, the unwritten ones masked."""
     sdpa, lmini = model_pair(family)
     ids, mask = padded_batch([9, 4, 6], "left", 9) if side == "left" else padded_batch([9, 9], "left", 9)
     with torch.no_grad():
-        tok, scores = greedy(lmini, ids, mask, 6)
-        tok_ref, scores_ref = greedy(sdpa, ids, mask, 6)
+        tok, scores = greedy(lmini, ids, mask, 6, cache)
+        tok_ref, scores_ref = greedy(sdpa, ids, mask, 6, cache)
     for b in range(ids.shape[0]):
         differ = (tok[b] != tok_ref[b]).nonzero()
         n = int(differ[0]) if len(differ) else tok.shape[1]
@@ -318,3 +323,33 @@ def test_register_is_idempotent():
     assert register_hf_attention() == register_hf_attention() == "lmini"
     assert (len(AttentionInterface._global_mapping), len(AttentionMaskInterface._global_mapping)) == before
     assert AttentionInterface._global_mapping["lmini"] is hf_attention.lmini_attention_forward
+
+
+def test_set_attn_implementation_switches_a_built_model(op_calls):
+    sdpa, _ = model_pair("llama")
+    ids = torch.randint(0, VOCAB, (2, 6))
+    with torch.no_grad():
+        ref = sdpa(ids).logits
+        sdpa.set_attn_implementation("lmini")
+        out = sdpa(ids).logits
+    assert len(op_calls) == sdpa.config.num_hidden_layers
+    assert_rows_close(out, ref, 1e-5)
+
+
+def test_the_library_imports_without_transformers():
+    """Importing lmini_kernels and its integrations loads no transformers; with transformers
+    unimportable, register_hf_attention says what to install."""
+    code = (
+        "import sys, lmini_kernels, lmini_kernels.integrations as i\n"
+        "print('transformers' in sys.modules)\n"
+        "sys.modules['transformers'] = None  # import transformers now raises ImportError\n"
+        "try:\n"
+        "    i.register_hf_attention()\n"
+        "except ImportError as e:\n"
+        "    print('ImportError:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded, error = out.stdout.strip().splitlines()
+    assert loaded == "False"
+    assert error.startswith("ImportError: register_hf_attention needs transformers: pip install")
