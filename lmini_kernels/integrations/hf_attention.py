@@ -136,8 +136,6 @@ def _op_arguments(
         return "position_bias (an additive bias)"
     if value.shape[-1] != key.shape[-1]:
         return f"value head dim {value.shape[-1]} != key head dim {key.shape[-1]}"
-    if not (query.dtype == key.dtype == value.dtype):
-        return f"query, key and value dtypes differ ({query.dtype}, {key.dtype}, {value.dtype})"
     lq, lk = query.shape[2], key.shape[2]
     if lq > lk:
         return f"{lq} queries over {lk} keys (more queries than keys)"

@@ -251,29 +251,35 @@ def test_arbitrary_4d_mask_falls_back_with_sdpa_answer(caplog, op_calls):
 
 
 @pytest.mark.parametrize(
-    "mask_kind, reason",
+    "kind, reason",
     [
         ("bias", "a bias"),
         ("per_head", "differs between heads"),
         ("dropout", "dropout"),
+        ("position_bias", "position_bias"),
+        ("value_dim", "value head dim 24 != key head dim 16"),
     ],
 )
-def test_other_unsupported_calls_fall_back(mask_kind, reason, caplog, op_calls):
+def test_other_unsupported_calls_fall_back(kind, reason, caplog, op_calls):
     q, k, v = attention_inputs(lq=5, lk=9)
-    vis = hf_attention.visible_mask(5, 9, True, None, "cpu").expand(2, 1, 5, 9)
-    dropout = 0.0
-    if mask_kind == "bias":
-        mask = torch.where(vis, torch.randn(2, 1, 5, 9), torch.finfo(torch.float32).min)
-    elif mask_kind == "per_head":
-        mask = vis.expand(2, 4, 5, 9).clone()
+    mask = hf_attention.visible_mask(5, 9, True, None, "cpu").expand(2, 1, 5, 9)
+    kw = {}
+    if kind == "bias":
+        mask = torch.where(mask, torch.randn(2, 1, 5, 9), torch.finfo(torch.float32).min)
+    elif kind == "per_head":
+        mask = mask.expand(2, 4, 5, 9).clone()
         mask[:, 1, :, 0] = False
+    elif kind == "dropout":
+        kw = {"dropout": 0.5}
+    elif kind == "position_bias":
+        kw = {"position_bias": torch.randn(1, 4, 5, 9)}
     else:
-        mask, dropout = vis, 0.5
+        v = torch.randn(2, 2, 9, 24)
     with caplog.at_level(logging.WARNING, logger=hf_attention.__name__):
         torch.manual_seed(1)
-        out, _ = hf_attention.lmini_attention_forward(_Module(), q, k, v, mask, dropout=dropout)
+        out, _ = hf_attention.lmini_attention_forward(_Module(), q, k, v, mask, **kw)
     torch.manual_seed(1)
-    ref, _ = sdpa_attention_forward(_Module(), q, k, v, mask, dropout=dropout)
+    ref, _ = sdpa_attention_forward(_Module(), q, k, v, mask, **kw)
     assert torch.equal(out, ref)
     assert len(caplog.records) == 1 and reason in caplog.records[0].getMessage()
     assert op_calls == []
@@ -308,11 +314,13 @@ def test_served_mask_forms_match_sdpa(form, caplog, op_calls):
     assert op_calls[0]["softmax_scale"] == 0.2
 
 
-def test_softcap_and_sinks_are_refused():
+def test_softcap_sinks_and_mixed_dtypes_are_refused():
     q, k, v = attention_inputs()
     for kw in ({"softcap": 30.0}, {"s_aux": torch.zeros(4)}):
         with pytest.raises(ValueError, match=next(iter(kw))):
             hf_attention.lmini_attention_forward(_Module(), q, k, v, None, **kw)
+    with pytest.raises(TypeError, match="dtype"):  # the op's own check, as SDPA refuses them too
+        hf_attention.lmini_attention_forward(_Module(), q, k.double(), v.double(), None)
 
 
 def test_register_is_idempotent():
@@ -325,15 +333,21 @@ def test_register_is_idempotent():
     assert AttentionInterface._global_mapping["lmini"] is hf_attention.lmini_attention_forward
 
 
-def test_set_attn_implementation_switches_a_built_model(op_calls):
+def test_from_pretrained_and_set_attn_implementation(tmp_path, op_calls):
+    """The README's two routes: a saved model loaded with attn_implementation="lmini", and a
+    built model switched with set_attn_implementation."""
     sdpa, _ = model_pair("llama")
+    sdpa.save_pretrained(tmp_path)
     ids = torch.randint(0, VOCAB, (2, 6))
     with torch.no_grad():
         ref = sdpa(ids).logits
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="lmini").eval()
+        out_loaded = loaded(ids).logits
         sdpa.set_attn_implementation("lmini")
-        out = sdpa(ids).logits
-    assert len(op_calls) == sdpa.config.num_hidden_layers
-    assert_rows_close(out, ref, 1e-5)
+        out_switched = sdpa(ids).logits
+    assert len(op_calls) == 2 * sdpa.config.num_hidden_layers
+    assert_rows_close(out_loaded, ref, 1e-5)
+    assert_rows_close(out_switched, ref, 1e-5)
 
 
 def test_the_library_imports_without_transformers():
@@ -353,3 +367,28 @@ def test_the_library_imports_without_transformers():
     loaded, error = out.stdout.strip().splitlines()
     assert loaded == "False"
     assert error.startswith("ImportError: register_hf_attention needs transformers: pip install")
+
+
+def test_float64_runs_on_the_reference_backend(op_calls):
+    """float64 is not a cpu-kernel dtype: the op's auto choice takes its reference backend."""
+    q, k, v = (t.double() for t in attention_inputs(lq=4, lk=9))
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[1, :3] = True
+    mask = hf_attention.visible_mask(4, 9, True, pad, "cpu")
+    out, _ = hf_attention.lmini_attention_forward(_Module(), q, k, v, mask)
+    ref, _ = sdpa_attention_forward(_Module(), q, k, v, mask)
+    assert out.dtype == torch.float64 and len(op_calls) == 1
+    assert_rows_close(out, ref, 1e-12)
+
+
+def test_packed_sequences_fall_back_to_sdpa(caplog, op_calls):
+    """Two sequences packed in one row (position_ids restart, no attention mask, no cache: the
+    case transformers checks for packing) get a block-diagonal causal mask: not the op's."""
+    sdpa, lmini = model_pair("llama")
+    ids = torch.randint(1, VOCAB, (1, 11))
+    pos = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]])
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger=hf_attention.__name__):
+        out = lmini(ids, position_ids=pos, use_cache=False).logits
+        ref = sdpa(ids, position_ids=pos, use_cache=False).logits
+    assert torch.equal(out, ref) and op_calls == []
+    assert len(caplog.records) == 1 and "neither causal nor full attention" in caplog.records[0].getMessage()
