@@ -217,6 +217,7 @@ def test_sliding_window_falls_back_to_sdpa_once(caplog, op_calls):
     """Qwen2 with a window of 4 (all layers sliding) on 12 tokens: the mask cuts keys the op
     would see, so every layer takes SDPA; one warning for all layers and both calls."""
     sdpa, lmini = model_pair("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    assert set(lmini.config.layer_types) == {"sliding_attention"}
     ids = torch.randint(0, VOCAB, (2, 12))
     with torch.no_grad(), caplog.at_level(logging.WARNING, logger=hf_attention.__name__):
         out = lmini(ids).logits
@@ -392,3 +393,14 @@ def test_packed_sequences_fall_back_to_sdpa(caplog, op_calls):
         ref = sdpa(ids, position_ids=pos, use_cache=False).logits
     assert torch.equal(out, ref) and op_calls == []
     assert len(caplog.records) == 1 and "neither causal nor full attention" in caplog.records[0].getMessage()
+
+
+def test_a_sliding_window_wider_than_the_sequence_runs_the_op(op_calls):
+    sdpa, lmini = model_pair("qwen2", use_sliding_window=True, sliding_window=64, max_window_layers=0)
+    assert set(lmini.config.layer_types) == {"sliding_attention"}
+    ids, mask = padded_batch([12, 7], "left", 12)
+    with torch.no_grad():
+        out = lmini(ids, attention_mask=mask).logits
+        ref = sdpa(ids, attention_mask=mask).logits
+    assert len(op_calls) == lmini.config.num_hidden_layers and not hf_attention._warned
+    assert_rows_close(out, ref, 1e-5, rows=mask.bool())
