@@ -404,3 +404,16 @@ def test_a_sliding_window_wider_than_the_sequence_runs_the_op(op_calls):
         ref = sdpa(ids, attention_mask=mask).logits
     assert len(op_calls) == lmini.config.num_hidden_layers and not hf_attention._warned
     assert_rows_close(out, ref, 1e-5, rows=mask.bool())
+
+
+def test_each_mask_is_read_once_per_forward(monkeypatch, op_calls):
+    """The layers of one forward share one mask: it is read back once, not once per layer."""
+    reads = []
+    real = hf_attention._read_mask
+    monkeypatch.setattr(hf_attention, "_read_mask", lambda *a: reads.append(a[1:]) or real(*a))
+    _, lmini = model_pair("qwen2")
+    ids, mask = padded_batch([10, 6], "right", 10)
+    with torch.no_grad():
+        lmini(ids, attention_mask=mask)
+        lmini(ids, attention_mask=mask)
+    assert reads == [(10, 10), (10, 10)] and len(op_calls) == 2 * lmini.config.num_hidden_layers
