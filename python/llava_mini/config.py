@@ -15,12 +15,30 @@ pre-fusion layers follow the official ``build_compressor``.
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from dataclasses import dataclass, field
 
 __all__ = ["VisionConfig", "RopeScaling", "TextConfig", "LlavaMiniConfig", "IMAGE_TOKEN_INDEX"]
 
 #: Placeholder id of the image in ``input_ids`` (same value as the official ``constants.py``).
 IMAGE_TOKEN_INDEX = -200
+
+
+def _int(owner: str, name: str, value: object, low: int = 1, high: int | None = None) -> None:
+    """A ValueError naming ``owner.name``, its value and the allowed range unless ``value`` is an
+    int (not a bool) in [low, high]."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+    if not ok:
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{owner}.{name}: expected an int {allowed}, got {value!r}")
+
+
+def _float(owner: str, name: str, value: object, *, low: float = 0.0) -> None:
+    """A ValueError naming ``owner.name`` unless ``value`` is a finite number > ``low``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > low
+    if not ok:
+        raise ValueError(f"{owner}.{name}: expected a finite number > {low}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,18 @@ class VisionConfig:
     layer_norm_eps: float = 1e-5
     #: ``mm_vision_select_layer``: index into the hidden-state tuple (embeddings first).
     select_layer: int = -2
+
+    def __post_init__(self) -> None:
+        o = "vision"
+        for name in ("image_size", "patch_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_channels"):  # fmt: skip
+            _int(o, name, getattr(self, name))
+        _float(o, "layer_norm_eps", self.layer_norm_eps)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"{o}.image_size: {self.image_size} is not a multiple of patch_size = {self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"{o}.hidden_size: {self.hidden_size} is not divisible by num_heads = {self.num_heads}")
+        _int(o, "select_layer", self.select_layer, -(self.num_layers + 1), self.num_layers)
 
     @property
     def grid_size(self) -> int:
@@ -66,6 +96,18 @@ class RopeScaling:
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
 
+    def __post_init__(self) -> None:
+        o = "text.rope_scaling"
+        _float(o, "factor", self.factor)
+        _float(o, "low_freq_factor", self.low_freq_factor)
+        _float(o, "high_freq_factor", self.high_freq_factor)
+        if not self.high_freq_factor > self.low_freq_factor:
+            raise ValueError(
+                f"{o}.high_freq_factor: expected > low_freq_factor = {self.low_freq_factor} (the llama3 ramp "
+                f"divides by their difference), got {self.high_freq_factor!r}"
+            )
+        _int(o, "original_max_position_embeddings", self.original_max_position_embeddings)
+
 
 @dataclass(frozen=True)
 class TextConfig:
@@ -88,8 +130,23 @@ class TextConfig:
         return self.hidden_size // self.num_heads
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError("hidden_size must divide into num_heads, num_heads into num_kv_heads")
+        o = "text"
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                     "max_position_embeddings"):  # fmt: skip
+            _int(o, name, getattr(self, name))
+        _float(o, "rope_theta", self.rope_theta)
+        _float(o, "rms_norm_eps", self.rms_norm_eps)
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ValueError(f"{o}.rope_scaling: expected a RopeScaling or None, got {self.rope_scaling!r}")
+        _int(o, "pad_token_id", self.pad_token_id, 0, self.vocab_size - 1)
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"{o}.hidden_size: {self.hidden_size} is not divisible by num_heads = {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"{o}.num_heads: {self.num_heads} is not divisible by num_kv_heads = {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(
+                f"{o}.hidden_size / num_heads = head_dim {self.head_dim} must be even (RoPE rotates pairs)"
+            )
 
 
 @dataclass(frozen=True)
@@ -108,12 +165,26 @@ class LlavaMiniConfig:
     projector_type: str = "mlp2x_gelu"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.vision, VisionConfig):
+            raise ValueError(f"vision: expected a VisionConfig, got {type(self.vision).__name__}")
+        if not isinstance(self.text, TextConfig):
+            raise ValueError(f"text: expected a TextConfig, got {type(self.text).__name__}")
         if self.projector_type != "mlp2x_gelu":
-            raise ValueError(f"only the mlp2x_gelu projector is implemented, got {self.projector_type!r}")
-        if self.compressor_size is not None and self.vision.hidden_size % self.compressor_heads:
-            raise ValueError("the compressor width (CLIP hidden size) must divide into compressor_heads")
-        if self.compressor_size is None and self.resolution_ratio != 1:
-            raise ValueError("the high-resolution path exists only with a compressor (LLaVA-Mini-HD)")
+            raise ValueError(f"projector_type: only 'mlp2x_gelu' is implemented, got {self.projector_type!r}")
+        _int("config", "resolution_ratio", self.resolution_ratio)
+        if self.compressor_size is None:
+            if self.resolution_ratio != 1:
+                raise ValueError("resolution_ratio: the high-resolution path exists only with a compressor (HD)")
+            _int("config", "prefusion_layers", self.prefusion_layers, 0, 0)
+            return
+        _int("config", "compressor_size", self.compressor_size)
+        _int("config", "compressor_heads", self.compressor_heads)
+        _int("config", "prefusion_layers", self.prefusion_layers)
+        if self.vision.hidden_size % self.compressor_heads:
+            raise ValueError(
+                f"compressor_heads: the compressor width (vision.hidden_size = {self.vision.hidden_size}) is not "
+                f"divisible by {self.compressor_heads}"
+            )
 
     @property
     def is_mini(self) -> bool:
@@ -155,19 +226,32 @@ class LlavaMiniConfig:
     def from_hf_config(cls, hf: dict, name: str = "from-hf-config") -> LlavaMiniConfig:
         """Read an official ``config.json`` (HF ``LlamaConfig`` fields plus ``compressor_size``,
         ``prefusion_layer_num``, ``resolution_ratio``, ``mm_*``). The vision tower is not
-        described there beyond its name; CLIP ViT-L/14-336 is assumed (both official towers)."""
+        described there beyond its name; CLIP ViT-L/14-336 is assumed (both official towers).
+
+        Every field is validated before anything is built: a missing required field or a value
+        out of range is a ValueError naming it; fields this reader neither uses nor knows to be
+        irrelevant are named in one warning."""
+        if not isinstance(hf, dict):
+            raise ValueError(f"config: expected a JSON object, got {type(hf).__name__}")
+        missing = [k for k in _HF_REQUIRED if k not in hf]
+        if missing:
+            raise ValueError(f"config: missing required field(s) {', '.join(missing)}")
+        unknown = sorted(k for k in hf if k not in _HF_READ and k not in _HF_IGNORED)
+        if unknown:
+            warnings.warn(f"config: fields not used by this reader: {', '.join(unknown)}", stacklevel=2)
         scaling = hf.get("rope_scaling")
         rope = None
         if scaling:
+            if not isinstance(scaling, dict):
+                raise ValueError(f"rope_scaling: expected an object or null, got {scaling!r}")
             kind = scaling.get("rope_type", scaling.get("type"))
             if kind != "llama3":
-                raise ValueError(f"unsupported rope_scaling type {kind!r}")
-            rope = RopeScaling(
-                factor=float(scaling["factor"]),
-                low_freq_factor=float(scaling["low_freq_factor"]),
-                high_freq_factor=float(scaling["high_freq_factor"]),
-                original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
-            )
+                raise ValueError(f"rope_scaling: unsupported rope_scaling type {kind!r} (only 'llama3')")
+            fields = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            absent = [f for f in fields if f not in scaling]
+            if absent:
+                raise ValueError(f"rope_scaling: missing field(s) {', '.join(absent)}")
+            rope = RopeScaling(**{f: scaling[f] for f in fields})
         heads = hf["num_attention_heads"]
         text = TextConfig(
             vocab_size=hf["vocab_size"],
@@ -176,18 +260,19 @@ class LlavaMiniConfig:
             num_layers=hf["num_hidden_layers"],
             num_heads=heads,
             num_kv_heads=hf.get("num_key_value_heads") or heads,
-            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            rope_theta=hf.get("rope_theta", 10000.0),
             rope_scaling=rope,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             max_position_embeddings=hf.get("max_position_embeddings", 4096),
             pad_token_id=hf.get("pad_token_id") or 0,
         )
         tower = hf.get("mm_vision_tower", "openai/clip-vit-large-patch14-336")
-        if "336" not in tower or "large" not in tower:
-            raise ValueError(f"only CLIP ViT-L/14-336 is described here, config names {tower!r}")
+        if not isinstance(tower, str) or "336" not in tower or "large" not in tower:
+            raise ValueError(f"mm_vision_tower: only CLIP ViT-L/14-336 is described here, config names {tower!r}")
         vision = dataclasses.replace(CLIP_L14_336, select_layer=hf.get("mm_vision_select_layer", -2))
-        if hf.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
-            raise ValueError("mm_hidden_size does not match the CLIP tower")
+        mm_hidden = hf.get("mm_hidden_size", vision.hidden_size)
+        if mm_hidden != vision.hidden_size:
+            raise ValueError(f"mm_hidden_size: {mm_hidden!r} does not match the CLIP tower's {vision.hidden_size}")
         mini = "compressor_size" in hf
         return cls(
             name=name,
@@ -212,6 +297,24 @@ class LlavaMiniConfig:
         except KeyError:
             raise ValueError(f"unknown config {name!r}; known: {', '.join(_CONFIGS)}") from None
 
+
+#: config.json fields :meth:`LlavaMiniConfig.from_hf_config` needs, reads, and knows to ignore
+#: (HF bookkeeping, training-only and generation fields, and official fields without effect here).
+_HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+_HF_READ = frozenset(_HF_REQUIRED) | {
+    "num_key_value_heads", "rope_theta", "rope_scaling", "rms_norm_eps", "max_position_embeddings", "pad_token_id",
+    "mm_vision_tower", "mm_vision_select_layer", "mm_hidden_size", "compressor_size", "prefusion_layer_num",
+    "resolution_ratio", "mm_projector_type",
+}  # fmt: skip
+_HF_IGNORED = frozenset({
+    "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path", "use_cache",
+    "bos_token_id", "eos_token_id", "hidden_act", "initializer_range", "attention_bias", "attention_dropout",
+    "mlp_bias", "pretraining_tp", "tie_word_embeddings", "head_dim", "freeze_mm_mlp_adapter", "image_aspect_ratio",
+    "mm_patch_merge_type", "mm_projector_lr", "mm_use_im_patch_token", "mm_use_im_start_end",
+    "mm_vision_select_feature", "tokenizer_model_max_length", "tokenizer_padding_side", "tune_mm_mlp_adapter",
+    "use_mm_proj", "image_grid_pinpoints", "unfreeze_mm_vision_tower", "mm_vision_tower_lr", "temporal_size",
+    "cache_dir", "model_max_length",
+})  # fmt: skip
 
 CLIP_L14_336 = VisionConfig()
 VICUNA_7B = TextConfig()

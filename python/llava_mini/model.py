@@ -423,6 +423,77 @@ class LlavaMini(nn.Module):
             text_sum = txt.float() if text_sum is None else text_sum + txt.float()
         return torch.cat(tokens, dim=1), (text_sum / images.shape[1]).to(txt.dtype)
 
+    def check_inputs(
+        self, input_ids: torch.Tensor, images: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Validate a batch before any work; returns the bool attention mask (all True if None).
+
+        ``input_ids`` (B, L) integer, each id in [0, vocab) or the image placeholder;
+        ``attention_mask`` (B, L) with at least one True per sample; ``images`` floating,
+        (B, 3, H, W), (B, parts, 3, H, W) or a video (B, T, parts, 3, H, W) with H = W = the
+        vision tower's ``image_size`` and ``parts`` = the config's ``image_parts`` (an HD model
+        fed one view would silently run the non-HD path), every pixel finite (a NaN or inf pixel
+        would reach every output through the attention, so it is refused here). Each problem is
+        a ValueError (TypeError for a dtype) naming the argument."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids: expected a (B, L) tensor, got {got}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids: expected an integer tensor, got {input_ids.dtype}")
+        b, n = input_ids.shape
+        if n == 0:
+            raise ValueError("input_ids: expected at least one token per sample, got L = 0")
+        vocab = self.config.text.vocab_size
+        bad = ((input_ids < 0) & (input_ids != IMAGE_TOKEN_INDEX)) | (input_ids >= vocab)
+        if bool(bad.any()):
+            where = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"input_ids: id {int(input_ids[where[0], where[1]])} at (sample {where[0]}, position {where[1]}) is "
+                f"outside the vocabulary [0, {vocab}) and is not the image placeholder {IMAGE_TOKEN_INDEX}"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        elif not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+            raise ValueError(f"attention_mask: expected shape {(b, n)} as input_ids, got {got}")
+        attention_mask = attention_mask.bool()
+        empty = (~attention_mask.any(-1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"attention_mask: sample {empty[0]} has no True position (nothing to attend to)")
+        if images is not None:
+            self._check_images(images, b)
+        return attention_mask
+
+    def _check_images(self, images: torch.Tensor, batch: int) -> None:
+        if not isinstance(images, torch.Tensor):
+            raise ValueError(f"images: expected a tensor, got {type(images).__name__}")
+        if not images.is_floating_point():
+            raise TypeError(f"images: expected floating-point pixels, got {images.dtype}")
+        v = self.config.vision
+        parts = self.config.image_parts
+        layouts = {4: "(B, 3, H, W)", 5: "(B, parts, 3, H, W)", 6: "(B, frames, parts, 3, H, W)"}
+        if images.dim() not in layouts:
+            raise ValueError(
+                f"images: expected 4-, 5- or 6-D ({', '.join(layouts.values())}), got {tuple(images.shape)}"
+            )
+        if images.shape[0] != batch:
+            raise ValueError(f"images: batch {images.shape[0]} does not match input_ids batch {batch}")
+        got_parts = 1 if images.dim() == 4 else images.shape[-4]
+        if got_parts != parts:
+            raise ValueError(
+                f"images: {got_parts} view(s) per image, but this model (resolution_ratio "
+                f"{self.config.resolution_ratio}) takes {parts}; layout {layouts[images.dim()]}"
+            )
+        if images.dim() == 6 and images.shape[1] < 1:
+            raise ValueError("images: a video needs at least one frame, got 0")
+        if tuple(images.shape[-3:]) != (v.num_channels, v.image_size, v.image_size):
+            raise ValueError(
+                f"images: expected {v.num_channels} x {v.image_size} x {v.image_size} pixels per view, got "
+                f"{tuple(images.shape[-3:])}"
+            )
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("images: NaN or inf pixels (every output would be poisoned); check the preprocessing")
+
     def prepare_inputs(
         self, input_ids: torch.Tensor, images: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
     ) -> MultimodalInputs:
@@ -434,9 +505,7 @@ class LlavaMini(nn.Module):
         ``prepare_inputs_labels_for_multimodal`` for inference with right padding. At most one
         placeholder per sample (one image or one video).
         """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        attention_mask = attention_mask.bool()
+        attention_mask = self.check_inputs(input_ids, images, attention_mask)
         if images is None:
             vision, text = None, self.embed(input_ids)
         else:
@@ -507,9 +576,19 @@ class LlavaMini(nn.Module):
         ``eos_token_id`` a sample emits ``pad_token_id``. ``inputs`` may pass an already
         prepared :class:`MultimodalInputs` (to time the stages separately).
         """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
         mm = inputs if inputs is not None else self.prepare_inputs(input_ids, images, attention_mask)
         b, n, _ = mm.inputs_embeds.shape
         t = self.config.text
+        if max_new_tokens == 0:
+            return torch.empty(b, 0, dtype=torch.long, device=self.device)
+        longest = int(mm.attention_mask.sum(-1).max())
+        if longest + max_new_tokens > t.max_position_embeddings:
+            raise ValueError(
+                f"max_new_tokens: the longest prompt ({longest} tokens with the vision tokens) plus "
+                f"{max_new_tokens} new tokens exceeds max_position_embeddings = {t.max_position_embeddings}"
+            )
         total = n + max_new_tokens
         caches = [
             KVCache(b, t.num_kv_heads, total, t.head_dim, dtype=self.dtype, device=self.device)
