@@ -72,3 +72,25 @@ def test_backward_mode_runs_every_provider():
     table = [line for line in out.stdout.splitlines() if line.startswith("| B=2")]
     assert {line.split("|")[2].strip() for line in table} >= {"official eager", "lmini reference", "lmini cpu"}
     assert "--mode fwd+bwd" in out.stdout  # in each row's repro command
+
+
+def test_ctrl_c_keeps_the_finished_rows(tmp_path, monkeypatch, capsys):
+    """A KeyboardInterrupt in the middle of a suite: the rows measured before it are written
+    (marked interrupted in the environment), one line on stderr says so, exit status 130."""
+    from lmini_tools.bench import cli
+
+    def suite(ctx):
+        ctx.measure("case A", "first", lambda: sum(range(100)), nbytes=800, min_run_time=0.01)
+        ctx.measure("case A", "second", lambda: sum(range(200)), nbytes=1600, min_run_time=0.01)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load", lambda name: suite)
+    code = cli.main(["compress", "--device", "cpu", "--out", str(tmp_path), "--min-run-time", "0.01"])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "interrupted; keeping the 2 rows finished" in err
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    assert [r["provider"] for r in data["rows"]] == ["first", "second"]
+    assert data["environment"]["interrupted"] is True
+    assert len(list(tmp_path.glob("*.csv"))) == 1
