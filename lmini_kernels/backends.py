@@ -6,8 +6,11 @@ speed order, passing its own run functions and limits.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from types import ModuleType
 
 import torch
 
@@ -17,6 +20,32 @@ from lmini_kernels.env import cuda_emulate, triton_interpret
 
 # The interpreter computes bf16 on raw bits (verification.md): refuse it there.
 INTERPRETER_DTYPES = frozenset({torch.float32, torch.float16})
+
+
+_INTERPRETER_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def triton_launch(kernels: ModuleType) -> Iterator[None]:
+    """Around every call into an op's Triton kernel module ``kernels`` (its ``triton.py``).
+
+    Triton fixes a kernel's mode (compiled or interpreted) when the kernel is decorated, that is
+    when ``kernels`` was imported, and records it as ``kernels.INTERPRETED``. A
+    ``TRITON_INTERPRET`` changed since then would end in Triton's "0 active drivers" (or run a
+    CPU interpreter on GPU tensors): refused here with what to do. Launches through the
+    interpreter are serialised (it is not thread-safe); compiled launches are not."""
+    now = triton_interpret()
+    if kernels.INTERPRETED != now:
+        raise RuntimeError(
+            f"TRITON_INTERPRET is {'set' if now else 'unset'} now but was {'set' if kernels.INTERPRETED else 'unset'} "
+            f"when the Triton kernels of {kernels.__name__} were imported (Triton fixes the mode then); set it "
+            "before the first Triton call of the process, or restart the process"
+        )
+    if not now:
+        yield
+        return
+    with _INTERPRETER_LOCK:
+        yield
 
 
 def _cpu_availability() -> str | None:

@@ -30,8 +30,13 @@ import triton
 import triton.language as tl
 
 from lmini_kernels.checks import check_grid
+from lmini_kernels.env import triton_interpret
 from lmini_kernels.outputs import new_output
 from lmini_kernels.triton_aot import AotSpec
+
+#: TRITON_INTERPRET when these kernels were decorated (Triton fixes their mode then);
+#: checked before every launch by :func:`lmini_kernels.backends.triton_launch`.
+INTERPRETED = triton_interpret()
 
 KT = 8
 BLOCK_N = 4

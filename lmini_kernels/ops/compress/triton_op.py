@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from lmini_kernels.backends import triton_launch
 from lmini_kernels.ops.compress.core import core_fake, core_setup
 from lmini_kernels.ops.compress.folded import core_backward
 
@@ -18,9 +19,10 @@ def core_triton(
     x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The folded core with the Triton kernel: (acc (B, K, D) fp32, lse (B, K) fp32)."""
-    from lmini_kernels.ops.compress.triton import launch
+    from lmini_kernels.ops.compress import triton as kernels
 
-    return launch(x, a, p, eps, splits)
+    with triton_launch(kernels):
+        return kernels.launch(x, a, p, eps, splits)
 
 
 @torch.library.custom_op("lmini::compress_folded_triton_bwd", mutates_args=())
@@ -30,9 +32,10 @@ def core_triton_bwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Gradients (dx, da, dp) of the folded core with the Triton kernel (see ``triton_bwd_fits``
     in triton.py for the sizes it takes; fp32 a). ``splits``: 0 lets the kernel choose."""
-    from lmini_kernels.ops.compress.triton import launch_bwd
+    from lmini_kernels.ops.compress import triton as kernels
 
-    return launch_bwd(x, a, p, eps, acc, lse, g_acc, g_lse, splits)
+    with triton_launch(kernels):
+        return kernels.launch_bwd(x, a, p, eps, acc, lse, g_acc, g_lse, splits)
 
 
 @core_triton_bwd.register_fake

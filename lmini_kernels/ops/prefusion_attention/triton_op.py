@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from lmini_kernels.backends import triton_launch
+
 
 @torch.library.custom_op("lmini::prefusion_attention_triton", mutates_args=())
 def prefusion_attention_triton_op(
@@ -21,9 +23,10 @@ def prefusion_attention_triton_op(
     splits: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton forward as a torch op: (out, base-2 log-sum-exp (B, Hq, Lq))."""
-    from lmini_kernels.ops.prefusion_attention.triton import attention_forward
+    from lmini_kernels.ops.prefusion_attention import triton as kernels
 
-    return attention_forward(q, k, v, causal, key_padding_mask, scale, splits)
+    with triton_launch(kernels):
+        return kernels.attention_forward(q, k, v, causal, key_padding_mask, scale, splits)
 
 
 @prefusion_attention_triton_op.register_fake
@@ -45,9 +48,10 @@ def prefusion_attention_triton_bwd_op(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Triton backward as a torch op: (dq, dk, dv)."""
-    from lmini_kernels.ops.prefusion_attention.triton import attention_backward
+    from lmini_kernels.ops.prefusion_attention import triton as kernels
 
-    return attention_backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale)
+    with triton_launch(kernels):
+        return kernels.attention_backward(grad_out, q, k, v, key_padding_mask, out, lse, causal, scale)
 
 
 @prefusion_attention_triton_bwd_op.register_fake

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import torch
 
+from lmini_kernels.backends import triton_launch
 from lmini_kernels.ops.row_softmax.reference import autograd_backward, autograd_setup
 
 
 @torch.library.custom_op("lmini::row_softmax_triton", mutates_args=())
 def row_softmax_triton(x: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(scale * x) over the last dim with the Triton kernel (contiguous output)."""
-    from lmini_kernels.ops.row_softmax.triton import launch
+    from lmini_kernels.ops.row_softmax import triton as kernels
 
-    return launch(x, scale)
+    with triton_launch(kernels):
+        return kernels.launch(x, scale)
 
 
 @row_softmax_triton.register_fake
