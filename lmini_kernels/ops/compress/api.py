@@ -96,6 +96,12 @@ def compress(
     ``in_proj`` (queries ``q``, keys ``x_n + w.pos_k``, values ``x_n``), scale 1/sqrt(D/heads),
     and ``out_proj``. Each LayerNorm has its own epsilon (``ln_q_eps``, ``ln_kv_eps``).
 
+    Non-finite data, on every backend and algorithm (the reference included): every query sees
+    every token of its image, so a NaN or inf anywhere in an image's features makes that
+    image's output NaN (the LayerNorm of an inf token is NaN) and leaves the other images of
+    the batch untouched; a NaN in a parameter reaches the outputs it feeds. Nothing turns a NaN
+    into zeros or a finite-looking row.
+
     Args:
         x: (B, N, kv_dim) features, N a perfect square; any batch/token strides.
         weights: the compressor's parameters (:meth:`CompressWeights.from_module` reads them

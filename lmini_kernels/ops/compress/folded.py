@@ -163,10 +163,13 @@ def compress_projected(
     q = F.linear(q_in, w_q, b_q).view(1, nq, num_heads, dh).transpose(1, 2).expand(batch, -1, -1, -1)
     k = F.linear(x_n + w.pos_k.to(dtype), w_k, b_k).view(batch, n, num_heads, dh).transpose(1, 2)
     v = F.linear(x_n, w_v, b_v).view(batch, n, num_heads, dh).transpose(1, 2)
-    o = F.scaled_dot_product_attention(q, k, v)  # (B, H, Q, dh)
+    # Scores, softmax and the weighted sum as plain GEMMs in the accumulation dtype, not
+    # scaled_dot_product_attention: torch's CPU SDPA turns a NaN query row into zeros, which
+    # would hide a NaN in the weights (the contract: NaN in what a query sees reaches its row).
+    acc = acc_dtype(dtype)
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) / math.sqrt(dh)  # (B, H, Q, N)
+    prob = torch.softmax(s, dim=-1)
+    o = torch.matmul(prob, v.to(acc)).to(dtype)  # (B, H, Q, dh)
     out = F.linear(o.transpose(1, 2).reshape(batch, nq, dim), w.out_proj_weight, w.out_proj_bias)
-    attn = None
-    if need_weights:
-        s = torch.matmul(q.to(acc_dtype(dtype)), k.to(acc_dtype(dtype)).transpose(-1, -2)) / math.sqrt(dh)
-        attn = torch.softmax(s, dim=-1).mean(1).to(dtype)
+    attn = prob.mean(1).to(dtype) if need_weights else None
     return out, attn
