@@ -8,7 +8,7 @@ share's fused text (:meth:`LlavaMini.encode_video_sum`), and the shares are comb
 order:
 
 1. one small int64 all-gather of every rank's status (failed?, frames, token rows, batch,
-   text length, hidden, declared video length), so that a rank whose local work raised makes
+   text length, hidden, declared video length, token dtype), so that a rank whose local work raised makes
    every rank raise (before any data collective, so none is left waiting), mismatched inputs
    are an error everywhere, and the per-rank sizes of the uneven shares are known;
 2. the token rows, padded to the largest share, gathered (as raw bytes, so any dtype goes over
@@ -41,7 +41,9 @@ from .model import LlavaMini
 __all__ = ["frame_share", "encode_video_distributed", "DistributedVideoError"]
 
 #: the status vector every rank sends first (one int64 each)
-_STATUS = ("failed", "frames", "rows", "batch", "text_len", "hidden", "declared_frames")
+_STATUS = ("failed", "frames", "rows", "batch", "text_len", "hidden", "declared_frames", "dtype")
+#: the token dtypes the status can name (its index; -1: a rank with no rows, which takes the others')
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class DistributedVideoError(RuntimeError):
@@ -102,7 +104,7 @@ def _local_work(
 
 
 def _check_status(status: torch.Tensor, rank: int, error: BaseException | None) -> None:
-    """Raise on every rank if one failed or the ranks' inputs disagree (status (world, 7))."""
+    """Raise on every rank if one failed or the ranks' inputs disagree (status (world, len(_STATUS)))."""
     failed = [r for r in range(status.shape[0]) if status[r, 0]]
     if failed:
         msg = f"encode_video_distributed: local video work raised on rank(s) {failed} (see their tracebacks)"
@@ -117,6 +119,13 @@ def _check_status(status: torch.Tensor, rank: int, error: BaseException | None) 
                 f"encode_video_distributed: every rank must pass the same {what} (a -1 is a stream of"
                 f" chunks where another rank passed a tensor); got {values} by rank"
             )
+    kinds = {k for k in status[:, _STATUS.index("dtype")].tolist() if k >= 0}
+    rows = status[:, _STATUS.index("rows")].tolist()
+    if len(kinds) > 1 or (not kinds and any(rows)):
+        names = ["none" if k < 0 else str(_DTYPES[k]) for k in status[:, _STATUS.index("dtype")].tolist()]
+        raise ValueError(
+            f"encode_video_distributed: the ranks' tokens must share one of {_DTYPES}; got {names} by rank"
+        )
     if int(status[:, 1].sum()) == 0:
         raise ValueError("encode_video_distributed: the video has no frame on any rank")
 
@@ -198,9 +207,10 @@ def encode_video_distributed(
     t1 = time.perf_counter()
 
     if error is None:
-        mine = [0, frames, tokens.shape[1], *input_ids.shape, hidden, declared]
+        kind = _DTYPES.index(tokens.dtype) if tokens.dtype in _DTYPES and tokens.shape[1] else -1
+        mine = [0, frames, tokens.shape[1], *input_ids.shape, hidden, declared, kind]
     else:
-        mine = [1, 0, 0, -1, -1, hidden, -1]
+        mine = [1, 0, 0, -1, -1, hidden, -1, -1]
     status = torch.tensor(mine, dtype=torch.int64, device=device)
     every = [torch.empty_like(status) for _ in range(world)]
     dist.all_gather(every, status, group=group)
@@ -209,6 +219,9 @@ def encode_video_distributed(
 
     rows = status[:, _STATUS.index("rows")].tolist()
     total_frames = int(status[:, _STATUS.index("frames")].sum())
+    kinds = {k for k in status[:, _STATUS.index("dtype")].tolist() if k >= 0}
+    if kinds:  # a rank without rows made its empty tokens in some dtype: take the others'
+        tokens = tokens.to(_DTYPES[kinds.pop()])
     gathered = _gather_rows(tokens.to(device), rows, dst, group, device)
     text_sum = text_sum.to(device)
     if dst is None:
