@@ -8,7 +8,7 @@ share's fused text (:meth:`LlavaMini.encode_video_sum`), and the shares are comb
 order:
 
 1. one small int64 all-gather of every rank's status (failed?, frames, token rows, batch,
-   text length, hidden, declared video length, token dtype), so that a rank whose local work raised makes
+   text length, hidden, declared video length, dst, token dtype), so that a rank whose local work raised makes
    every rank raise (before any data collective, so none is left waiting), mismatched inputs
    are an error everywhere, and the per-rank sizes of the uneven shares are known;
 2. the token rows, padded to the largest share, gathered (as raw bytes, so any dtype goes over
@@ -41,8 +41,9 @@ from .model import LlavaMini
 __all__ = ["frame_share", "encode_video_distributed", "DistributedVideoError"]
 
 #: the status vector every rank sends first (one int64 each)
-_STATUS = ("failed", "frames", "rows", "batch", "text_len", "hidden", "declared_frames", "dtype")
-#: the token dtypes the status can name (its index; -1: a rank with no rows, which takes the others')
+_STATUS = ("failed", "frames", "rows", "batch", "text_len", "hidden", "declared_frames", "dst", "dtype")
+#: the token dtypes the status can name (its index; -1: a rank with no rows, which takes the
+#: others'; -2: a dtype not in this list)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -111,17 +112,14 @@ def _check_status(status: torch.Tensor, rank: int, error: BaseException | None) 
         if error is not None:
             raise DistributedVideoError(f"{msg}; rank {rank}: {type(error).__name__}: {error}") from error
         raise DistributedVideoError(msg)
-    for col in ("batch", "text_len", "hidden", "declared_frames"):
+    for col in ("batch", "text_len", "hidden", "declared_frames", "dst"):
         values = status[:, _STATUS.index(col)].tolist()
         if len(set(values)) > 1:
-            what = "video.shape[1]" if col == "declared_frames" else col
-            raise ValueError(
-                f"encode_video_distributed: every rank must pass the same {what} (a -1 is a stream of"
-                f" chunks where another rank passed a tensor); got {values} by rank"
-            )
-    kinds = {k for k in status[:, _STATUS.index("dtype")].tolist() if k >= 0}
-    rows = status[:, _STATUS.index("rows")].tolist()
-    if len(kinds) > 1 or (not kinds and any(rows)):
+            what = {"declared_frames": "video.shape[1] (-1: a stream of chunks)", "dst": "dst (-1: None)"}.get(col, col)
+            raise ValueError(f"encode_video_distributed: every rank must pass the same {what}; got {values} by rank")
+    codes = status[:, _STATUS.index("dtype")].tolist()
+    kinds = {k for k in codes if k >= 0}
+    if len(kinds) > 1 or -2 in codes:
         names = ["none" if k < 0 else str(_DTYPES[k]) for k in status[:, _STATUS.index("dtype")].tolist()]
         raise ValueError(
             f"encode_video_distributed: the ranks' tokens must share one of {_DTYPES}; got {names} by rank"
@@ -184,21 +182,22 @@ def encode_video_distributed(
 
     If the local work raises on any rank, every rank raises (:class:`DistributedVideoError`,
     chained to the original error on the rank where it happened) and the group stays usable;
-    ranks disagreeing on B, L, hidden or the video length raise ValueError on every rank.
+    ranks disagreeing on B, L, hidden, the video length, ``dst`` or the tokens' dtype raise
+    ValueError on every rank.
     """
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("encode_video_distributed: call torch.distributed.init_process_group first")
     if not isinstance(model, LlavaMini):
         raise TypeError(f"model: expected a LlavaMini, got {type(model).__name__}")
     world, rank = dist.get_world_size(group), dist.get_rank(group)
-    if dst is not None and (not isinstance(dst, int) or not 0 <= dst < world):
-        raise ValueError(f"dst: expected None or a group rank in [0, {world}), got {dst!r}")
     device = _comm_device(group, model.device)
 
     t0 = time.perf_counter()
     error: BaseException | None = None
     hidden = model.config.text.hidden_size
     try:
+        if dst is not None and (not isinstance(dst, int) or isinstance(dst, bool) or not 0 <= dst < world):
+            raise ValueError(f"dst: expected None or a group rank in [0, {world}), got {dst!r}")
         tokens, text_sum, frames, declared = _local_work(model, input_ids, video, rank, world, prefusion)
     except Exception as exc:  # reported to every rank below, then re-raised here
         error = exc
@@ -207,10 +206,10 @@ def encode_video_distributed(
     t1 = time.perf_counter()
 
     if error is None:
-        kind = _DTYPES.index(tokens.dtype) if tokens.dtype in _DTYPES and tokens.shape[1] else -1
-        mine = [0, frames, tokens.shape[1], *input_ids.shape, hidden, declared, kind]
+        kind = -1 if not tokens.shape[1] else _DTYPES.index(tokens.dtype) if tokens.dtype in _DTYPES else -2
+        mine = [0, frames, tokens.shape[1], *input_ids.shape, hidden, declared, -1 if dst is None else dst, kind]
     else:
-        mine = [1, 0, 0, -1, -1, hidden, -1, -1]
+        mine = [1, 0, 0, -1, -1, hidden, -1, -1, -1]
     status = torch.tensor(mine, dtype=torch.int64, device=device)
     every = [torch.empty_like(status) for _ in range(world)]
     dist.all_gather(every, status, group=group)

@@ -69,8 +69,9 @@ def _worker(rank: int, world: int, store: str, out: str, cases: list[dict]) -> N
             if rank == case.get("bad_text_rank"):
                 ids = ids[:, :-1]
             try:
+                dst = case.get("rank_dst", {}).get(rank, case["dst"])
                 got = encode_video_distributed(
-                    model, ids, _my_video(case, video, rank, world), dst=case["dst"], prefusion=case["prefusion"]
+                    model, ids, _my_video(case, video, rank, world), dst=dst, prefusion=case["prefusion"]
                 )
                 result = {"value": got}
             except Exception as exc:
@@ -118,7 +119,7 @@ def _case(id_: str, frames: int, **kw: object) -> dict:
 
 def _check_matches_single_process(cases: list[dict], results: dict, world: int) -> None:
     for case in cases:
-        if case.get("fail_rank") is not None or case.get("bad_text_rank") is not None:
+        if any(case.get(k) is not None for k in ("fail_rank", "bad_text_rank", "rank_dst")):
             continue
         model = _model(case)
         video, ids = _inputs(case)
@@ -161,9 +162,17 @@ def test_two_ranks_match_one_process(tmp_path: Path) -> None:
         _case("official", 5, backend="reference", prefusion="official", dst=1),
         _case("lopsided", 5, shares=[5, 0], config="tiny"),  # a rank's stream may be empty
         _case("bf16", 5, backend="reference", prefusion="official", dtype="bfloat16", dst=None),  # a 2-byte dtype
+        _case("bad-dst", 3, rank_dst={1: 5}),  # rank 1 alone passes a bad dst
+        _case("mixed-dst", 3, rank_dst={1: None}),  # rank 0 gathers to 0, rank 1 to everyone
+        _case("after", 2),
     ]
     results = _run_group(2, cases, tmp_path)
     _check_matches_single_process(cases, results, 2)
+    for r in range(2):
+        bad, mixed = results[("bad-dst", r)], results[("mixed-dst", r)]
+        assert bad.get("error") == DistributedVideoError.__name__ and "rank(s) [1]" in bad["msg"], (r, bad)
+        assert r == 0 or "dst: expected None or a group rank in [0, 2), got 5" in bad["msg"], bad
+        assert mixed.get("error") == "ValueError" and "same dst" in mixed["msg"], (r, mixed)
 
 
 def test_three_ranks_uneven_fewer_frames_and_a_failing_rank(tmp_path: Path) -> None:
