@@ -264,24 +264,22 @@ class FusedPreFusion(nn.Module):
         cache = PrefusionCache([k[:, :p] for k in keys], [v[:, :p] for v in values], compressed)
         return compressed, fused, cache
 
-    def fuse_video(
+    def fuse_video_sum(
         self,
         chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
         text_embeds: torch.Tensor,
         text_padding_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A video, chunk by chunk: each chunk is (vision (B, T_c, Nv, hidden), compressed
-        (B, T_c, Q, hidden)) for T_c consecutive frames (a generator may produce them lazily,
-        e.g. running CLIP per chunk). Every frame's prefix and the shared question (B, L, hidden)
-        run as one batch of B * T_c; the fused text is summed over frames in float32.
-
-        Returns (compressed tokens of every frame in frame order (B, T * Q, hidden), the float32
-        mean of the fused text over the T frames, cast back (B, L, hidden)), as the official
-        per-frame loop."""
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """:meth:`fuse_video` before the mean: (compressed tokens of every frame in frame order
+        (B, T * Q, hidden), the float32 *sum* of the fused text over the T frames (B, L, hidden),
+        T). No chunk at all is allowed (T = 0: tokens (B, 0, hidden), a zero sum), so that a
+        share of a video split across workers may be empty; the sums of consecutive shares add
+        up to the whole video's sum."""
         b, n, h = text_embeds.shape
         if text_padding_mask is None:
             text_padding_mask = torch.zeros(b, n, dtype=torch.bool, device=text_embeds.device)
-        tokens, total, frames = [], None, 0
+        tokens, frames = [], 0
+        total = torch.zeros(b, n, h, dtype=torch.float32, device=text_embeds.device)
         for vision, compressed in chunks:
             if vision.dim() != 4 or compressed.dim() != 4 or vision.shape[:2] != compressed.shape[:2]:
                 raise ValueError(
@@ -296,12 +294,31 @@ class FusedPreFusion(nn.Module):
             comp, fused = self(vision.flatten(0, 1), compressed.flatten(0, 1), text, mask)  # hooks see each chunk
             # a copy: the slice would pin every row of the chunk's last activations (Q + L per frame)
             tokens.append(comp.unflatten(0, (b, tc)).flatten(1, 2).contiguous())
-            s = fused.float().unflatten(0, (b, tc)).sum(1)
-            total = s if total is None else total + s
+            total += fused.float().unflatten(0, (b, tc)).sum(1)
             frames += tc
+        if not tokens:
+            tokens.append(text_embeds.new_zeros(b, 0, h))
+        return torch.cat(tokens, dim=1), total, frames
+
+    def fuse_video(
+        self,
+        chunks: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        text_embeds: torch.Tensor,
+        text_padding_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A video, chunk by chunk: each chunk is (vision (B, T_c, Nv, hidden), compressed
+        (B, T_c, Q, hidden)) for T_c consecutive frames (a generator may produce them lazily,
+        e.g. running CLIP per chunk). Every frame's prefix and the shared question (B, L, hidden)
+        run as one batch of B * T_c; the fused text is summed over frames in float32
+        (:meth:`fuse_video_sum`).
+
+        Returns (compressed tokens of every frame in frame order (B, T * Q, hidden), the float32
+        mean of the fused text over the T frames, cast back (B, L, hidden)), as the official
+        per-frame loop."""
+        tokens, total, frames = self.fuse_video_sum(chunks, text_embeds, text_padding_mask)
         if frames == 0:
             raise ValueError("chunks: expected at least one frame")
-        return torch.cat(tokens, dim=1), (total / frames).to(text_embeds.dtype)
+        return tokens, (total / frames).to(text_embeds.dtype)
 
 
 def _check_mask(mask: torch.Tensor | None, b: int, n: int, device) -> torch.Tensor:

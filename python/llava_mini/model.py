@@ -15,6 +15,7 @@ the paper; see each method's docstring.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -373,16 +374,73 @@ class LlavaMini(nn.Module):
         :meth:`lmini_kernels.FusedPreFusion.fuse_video` (the shared question against every frame
         in one batched call, float32 sum over frames). Same result as the per-frame loop of
         :meth:`encode_multimodal` with ``backend="reference"``; memory grows with the chunk."""
-        b, frames = video.shape[:2]
-        step = self.video_chunk_frames
+        tokens, text_sum, frames = self.encode_video_sum(input_ids, video, prefusion="fused")
+        return tokens, self.video_text_mean(text_sum, frames)
 
-        def chunks():
-            for t in range(0, frames, step):
-                clip = video[:, t : t + step]
-                vision, compressed = self.vision_prefix(clip.flatten(0, 1))
-                yield vision.unflatten(0, clip.shape[:2]), compressed.unflatten(0, clip.shape[:2])
+    def video_text_mean(self, text_sum: torch.Tensor, frames: int) -> torch.Tensor:
+        """The video's text features from :meth:`encode_video_sum`'s float32 sum over ``frames``
+        frames: ``sum / frames`` cast to the text embeddings' dtype, as the official loop."""
+        if frames < 1:
+            raise ValueError(f"video: expected at least one frame, got {frames}")
+        return (text_sum / frames).to(self.model.embed_tokens.weight.dtype)
 
-        return self.fused_prefusion().fuse_video(chunks(), self.embed(input_ids), input_ids <= 0)
+    def encode_video_sum(
+        self,
+        input_ids: torch.Tensor,
+        video: torch.Tensor | Iterable[torch.Tensor],
+        *,
+        prefusion: str = "auto",
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """A video (or a run of consecutive frames of one) before the mean over frames.
+
+        ``video``: a tensor (B, T, parts, 3, H, W) or an iterable of such chunks (consecutive
+        frames, in order; a generator may read them lazily). Returns (vision tokens of every
+        frame in frame order (B, T * V, hidden), the float32 sum over frames of the text
+        features (B, L, hidden), T); T may be 0 (tokens (B, 0, hidden), a zero sum). The video
+        result of :meth:`encode_multimodal` is (tokens, (sum / T) cast to the model dtype); the
+        sums of consecutive runs of frames add up to the whole video's (``llava_mini.distributed``).
+        On the fused path (``prefusion`` as in :meth:`encode_images_mini`) frames run in
+        batches of at most :attr:`video_chunk_frames`; otherwise one frame at a time through
+        :meth:`encode_images_mini` (or the baseline's per-image path), the official loop.
+        """
+        if isinstance(video, torch.Tensor):
+            video = (video,)
+        fused = self._fused_prefusion_on(prefusion)
+        step = self.video_chunk_frames if fused else 1
+
+        def pieces():
+            for i, chunk in enumerate(video):
+                if not isinstance(chunk, torch.Tensor) or chunk.dim() != 6:
+                    got = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk).__name__
+                    raise ValueError(f"video: chunk {i}: expected a tensor (B, T, parts, 3, H, W), got {got}")
+                for t in range(0, chunk.shape[1], step):
+                    yield chunk[:, t : t + step]
+
+        if self.config.is_mini and fused:
+
+            def prefixes():
+                for clip in pieces():
+                    vision, compressed = self.vision_prefix(clip.flatten(0, 1))
+                    yield vision.unflatten(0, clip.shape[:2]), compressed.unflatten(0, clip.shape[:2])
+
+            return self.fused_prefusion().fuse_video_sum(prefixes(), self.embed(input_ids), input_ids <= 0)
+        if self.config.is_mini:
+            encode = functools.partial(self.encode_images_mini, prefusion="official")
+        else:
+            encode = self.encode_images_baseline
+        b, n_text = input_ids.shape
+        hidden = self.config.text.hidden_size
+        tokens = []
+        text_sum = torch.zeros(b, n_text, hidden, dtype=torch.float32, device=self.device)
+        frames = 0
+        for frame in pieces():
+            v, txt = encode(frame[:, 0], input_ids)
+            tokens.append(v)
+            text_sum += txt.float()
+            frames += 1
+        if not tokens:
+            return torch.zeros(b, 0, hidden, dtype=self.dtype, device=self.device), text_sum, 0
+        return torch.cat(tokens, dim=1), text_sum, frames
 
     def encode_images_baseline(
         self, images: torch.Tensor, input_ids: torch.Tensor
@@ -416,12 +474,8 @@ class LlavaMini(nn.Module):
             raise ValueError(f"images must be 4-, 5- or 6-D, got shape {tuple(images.shape)}")
         if self.config.is_mini and fused:
             return self.encode_video_fused(input_ids, images)
-        tokens, text_sum = [], None
-        for t in range(images.shape[1]):
-            v, txt = encode(images[:, t], input_ids)
-            tokens.append(v)
-            text_sum = txt.float() if text_sum is None else text_sum + txt.float()
-        return torch.cat(tokens, dim=1), (text_sum / images.shape[1]).to(txt.dtype)
+        tokens, text_sum, frames = self.encode_video_sum(input_ids, images, prefusion="official")
+        return tokens, self.video_text_mean(text_sum, frames)
 
     def check_inputs(
         self, input_ids: torch.Tensor, images: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None

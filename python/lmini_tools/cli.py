@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "lmini_tools.demo", "run the reference model end to end on the embedded tiny default"),
         ("bench", "lmini_tools.bench.cli", "kernel benchmarks beside their baselines"),
         ("profile", "lmini_tools.profiling.cli", "FLOPs, memory and roofline suites"),
+        ("video-dist", "lmini_tools.video_dist", "a video's frames sharded over torchrun ranks, checked against one"),
     ):
         # the subcommand's own parser reads the rest (its --help included)
         p = sub.add_parser(name, help=help_, add_help=False)

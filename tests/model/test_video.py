@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import build, make_ids
 
@@ -51,3 +52,29 @@ def test_video_llm_tokens_and_generate(gen: torch.Generator) -> None:
     base = build("tiny-baseline")
     assert base.prepare_inputs(ids, video).inputs_embeds.shape[1] == 6 - 1 + 16 * 16
     assert m.generate(ids, video, max_new_tokens=4).shape == (1, 4)
+
+
+def test_video_sum_of_consecutive_runs_adds_up(gen: torch.Generator) -> None:
+    """encode_video_sum over runs of frames (one empty, streamed as chunks) gives the whole
+    video's tokens and float32 sum, on the fused and the official path."""
+    for backend, prefusion in (("auto", "fused"), ("reference", "official")):
+        m = build("tiny-c2", backend=backend)
+        b, t = 2, 5
+        video = torch.randn(b, t, 1, 3, 28, 28, generator=gen)
+        ids = make_ids(gen, b, 6, m.config.text.vocab_size, pad_tail=1)
+        with torch.no_grad():
+            whole, text = m.encode_multimodal(ids, video, prefusion=prefusion)
+            runs = [m.encode_video_sum(ids, video[:, a:z], prefusion=prefusion) for a, z in ((0, 3), (3, 3), (3, 5))]
+            streamed = m.encode_video_sum(ids, iter([video[:, :2], video[:, 2:]]), prefusion=prefusion)
+        assert [r[2] for r in runs] == [3, 0, 2] and streamed[2] == t
+        assert runs[1][0].shape == (b, 0, m.config.text.hidden_size) and not runs[1][1].any()
+        tokens = torch.cat([r[0] for r in runs], dim=1)
+        assert (tokens - whole).abs().max() < 1e-6 and (streamed[0] - whole).abs().max() < 1e-6
+        for total in (sum(r[1] for r in runs), streamed[1]):
+            assert total.dtype == torch.float32
+            assert (m.video_text_mean(total, t) - text).abs().max() < 1e-6
+        assert (m.video_text_mean(runs[0][1], 3) - text).abs().max() > 1e-4  # the runs do differ
+        with pytest.raises(ValueError, match="at least one frame"):
+            m.video_text_mean(runs[1][1], 0)
+        with pytest.raises(ValueError, match="chunk 0"):
+            m.encode_video_sum(ids, [video[:, 0]], prefusion=prefusion)
