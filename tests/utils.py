@@ -46,3 +46,31 @@ def non_contiguous(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
     view.copy_(t)
     assert not view.is_contiguous() or t.numel() <= 1
     return view
+
+
+def skip_unless_isa(isa: str) -> None:
+    """Skip (saying why) when this CPU cannot run the ``isa`` copy of a kernel: the kernels'
+    ISA probe (csrc/include/lmini/cpu/isa.h) would silently fall back to a narrower copy, so the
+    test would rerun that one under the wrong name. Same criterion as the probe: AVX-512 F+VL,
+    AVX2+FMA; "base" always runs."""
+    import platform
+
+    import pytest
+
+    if isa == "base":
+        return
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"the {isa} copy exists only on x86-64 (this is {platform.machine()})")
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        cap = torch.backends.cpu.get_cpu_capability()
+        flags = {"avx2", "fma"} | ({"avx512f", "avx512vl"} if cap.startswith("AVX512") else set())
+    need = {"avx512": {"avx512f", "avx512vl"}, "avx2": {"avx2", "fma"}}[isa]
+    if not need <= flags:
+        pytest.skip(f"this CPU lacks {', '.join(sorted(need - flags))}: the {isa} copy cannot run here")

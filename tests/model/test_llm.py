@@ -134,3 +134,40 @@ def test_tiny_model_is_deterministic(gen: torch.Generator) -> None:
     with torch.no_grad():
         assert torch.equal(a(ids, video), b(ids, video))
         assert torch.equal(a.generate(ids, video, max_new_tokens=5), a.generate(ids, video, max_new_tokens=5))
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-llama3"])
+def test_kv_cache_logits_match_recompute_step_by_step(name: str, gen: torch.Generator) -> None:
+    """Every decode step's logits (not only its argmax: a random model's logit gaps hide a
+    4e-4 error such as a position id off by one) equal a cache-free recompute over the whole
+    sequence so far, per sample of a padded batch, in float32."""
+    m = build(name, seed=int(torch.randint(0, 1000, (1,), generator=gen)))
+    vocab = m.config.text.vocab_size
+    ids = make_ids(gen, 2, 8, vocab, image_at=1)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 5:] = False
+    images = torch.randn(2, 1, 3, 28, 28, generator=gen)
+    steps: list[torch.Tensor] = []
+    decode = m.decode
+
+    def recording(*args, **kwargs):
+        logits = decode(*args, **kwargs)
+        steps.append(logits.clone())
+        return logits
+
+    m.decode = recording
+    with torch.no_grad():
+        mm = m.prepare_inputs(ids, images, mask)
+        out = m.generate(ids, images, mask, max_new_tokens=5)
+    del m.decode
+    lengths = mm.attention_mask.sum(-1)
+    for i in range(2):
+        n = int(lengths[i])
+        x = mm.inputs_embeds[i : i + 1, :n]
+        for step in range(5):
+            with torch.no_grad():
+                full = m.decode(x, torch.arange(x.shape[1])[None], torch.ones(1, x.shape[1], dtype=torch.bool))
+            want = full[0, -1]
+            got = steps[step][i, n - 1] if step == 0 else steps[step][i, -1]
+            assert (got - want).norm() <= 1e-5 * want.norm(), (i, step)
+            x = torch.cat([x, m.model.embed_tokens.weight[out[i, step]][None, None]], dim=1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_helpers import check_eps_numbers, check_folded, make_params, oracle, run, weights_of
-from utils import TOLERANCE, assert_close, non_contiguous, randn
+from compress_helpers import OfficialResampler, check_eps_numbers, check_folded, make_params, oracle, run, weights_of
+from utils import TOLERANCE, assert_close, non_contiguous, randn, skip_unless_isa
 
 import lmini_kernels as lk
 from lmini_kernels.ops.compress.api import choose_algorithm
@@ -64,6 +64,31 @@ def test_kv_proj(backend):
     x = randn(2, 25, 40)
     out, _ = run(x, p, 3, backend)
     assert_close(out, oracle(x, p, 3)[0])
+
+
+@pytest.mark.parametrize(
+    ("dim", "heads", "c", "grid", "kv_dim"), [(24, 3, 2, 5, None), (16, 2, 1, 7, 12), (32, 8, 3, 4, 40)]
+)
+def test_reference_matches_the_official_module(dim, heads, c, grid, kv_dim):
+    """The oracle itself, against an independent one: the official module layout
+    (nn.MultiheadAttention, sequence-first) in float64 with the same parameters and epsilons."""
+    p = make_params(dim, heads, c, grid, torch.float64, kv_dim=kv_dim)
+    m = OfficialResampler(c, dim, heads, kv_dim).double()
+    with torch.no_grad():
+        m.query.copy_(p["query"]), m.pos_embed.copy_(p["pos_q"])
+        m.ln_q.weight.copy_(p["ln_q_weight"]), m.ln_q.bias.copy_(p["ln_q_bias"])
+        m.ln_kv.weight.copy_(p["ln_kv_weight"]), m.ln_kv.bias.copy_(p["ln_kv_bias"])
+        m.attn.in_proj_weight.copy_(p["in_proj_weight"]), m.attn.in_proj_bias.copy_(p["in_proj_bias"])
+        m.attn.out_proj.weight.copy_(p["out_proj_weight"]), m.attn.out_proj.bias.copy_(p["out_proj_bias"])
+        if kv_dim is not None:
+            m.kv_proj.weight.copy_(p["kv_proj_weight"])
+    m.ln_q.eps, m.ln_kv.eps = 1e-6, 1e-3
+    x = randn(3, grid * grid, kv_dim or dim, dtype=torch.float64, scale=0.5)
+    with torch.no_grad():
+        want, want_w = m(x)
+    out, w = run(x, p, heads, "reference", eps=dict(ln_q_eps=1e-6, ln_kv_eps=1e-3), need_weights=True)
+    assert_close(out, want, dtype=torch.float64)
+    assert_close(w, want_w, dtype=torch.float64)
 
 
 def test_reference_float64_is_exact():
@@ -207,8 +232,9 @@ def test_sixteen_by_sixteen_queries(algorithm):
 @pytest.mark.parametrize(("dim", "k_rows"), [(1024, 8), (27, 9), (40, 12)])
 def test_every_isa_path(monkeypatch, isa, dim, k_rows):
     """LMINI_CPU_ISA caps the vector ISA, so the SSE, AVX2 and AVX-512 copies of the streaming
-    tile all run here (without AVX-512 the last falls back to the best the CPU has). Odd D takes
+    tile all run here (each skipped, saying so, on a CPU that cannot run it). Odd D takes
     the zero-padded columns; K = 9, 12 the zero-padded rows."""
+    skip_unless_isa(isa)
     monkeypatch.setenv("LMINI_CPU_ISA", isa)
     x = randn(3, 37, dim, dtype=torch.float64, scale=2.0) + 0.5
     a = randn(k_rows, dim, dtype=torch.float64) * 0.3
