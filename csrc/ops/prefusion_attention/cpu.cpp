@@ -88,7 +88,8 @@ void run(const Problem<T>& pr, int64_t batch) {
   const int64_t qtiles = (pr.lq + bm - 1) / bm;
   const int64_t tasks = batch * pr.hkv * qtiles;
   const int64_t rows = bm * pr.group;
-  const int64_t work_floats = rows * pr.d + 2 * kTileN * pr.d + rows * kTileN + rows * pr.d + 2 * rows + pr.d;
+  // + 2 * rows: the per-row key limits (int64) of a diagonal tile, after the converted K row
+  const int64_t work_floats = rows * pr.d + 2 * kTileN * pr.d + rows * kTileN + rows * pr.d + 2 * rows + pr.d + 2 * rows + 2;
   const Isa isa = cpu_isa();
   const HalfRowFn half_fn = pick_half_row_fn(isa != Isa::base);
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {

@@ -47,9 +47,12 @@ static inline void score_rows(const float* q, const float* kt, const float* bias
 }
 
 // acc[r, :] += sum_{j < n} p[r, j] * v[j, :] for R rows (p rows 64 apart, acc rows d apart),
-// 2 * kW output columns per pass kept in registers.
-template <int R>
-static inline void pv_rows(const float* p, const float* v, float* acc, int64_t n, int64_t d) {
+// 2 * kW output columns per pass kept in registers. With Limited, row r takes only the keys
+// j < lim[r] (its causal horizon in the tile): a key past it is skipped, not multiplied by a
+// zero probability, so a NaN or inf in its V (visible to later rows) cannot reach row r.
+template <int R, bool Limited = false>
+static inline void pv_rows(const float* p, const float* v, float* acc, int64_t n, int64_t d,
+                           const int64_t* lim = nullptr) {
   int64_t c0 = 0;
   for (; c0 + 2 * kW <= d; c0 += 2 * kW) {
     vecw a[R][2];
@@ -60,6 +63,7 @@ static inline void pv_rows(const float* p, const float* v, float* acc, int64_t n
     for (int64_t j = 0; j < n; ++j) {
       const vecw v0 = loadw(v + j * d + c0), v1 = loadw(v + j * d + c0 + kW);
       for (int r = 0; r < R; ++r) {
+        if (Limited && j >= lim[r]) continue;
         const float pj = p[r * kTileN + j];
         a[r][0] += pj * v0;
         a[r][1] += pj * v1;
@@ -75,14 +79,16 @@ static inline void pv_rows(const float* p, const float* v, float* acc, int64_t n
     for (int r = 0; r < R; ++r) a[r] = loadw(acc + r * d + c0);
     for (int64_t j = 0; j < n; ++j) {
       const vecw v0 = loadw(v + j * d + c0);
-      for (int r = 0; r < R; ++r) a[r] += p[r * kTileN + j] * v0;
+      for (int r = 0; r < R; ++r)
+        if (!Limited || j < lim[r]) a[r] += p[r * kTileN + j] * v0;
     }
     for (int r = 0; r < R; ++r) storew(acc + r * d + c0, a[r]);
   }
   for (; c0 < d; ++c0) {  // head dims that are not a multiple of kW
     for (int r = 0; r < R; ++r) {
       float t = acc[r * d + c0];
-      for (int64_t j = 0; j < n; ++j) t += p[r * kTileN + j] * v[j * d + c0];
+      const int64_t nr = Limited ? std::min(n, lim[r]) : n;
+      for (int64_t j = 0; j < nr; ++j) t += p[r * kTileN + j] * v[j * d + c0];
       acc[r * d + c0] = t;
     }
   }
@@ -102,6 +108,8 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
   float* mrow = acc + rows * d;
   float* lrow = mrow + rows;
   float* row = lrow + rows;  // one converted K row
+  // per-row key limits of a diagonal tile, on an 8-byte boundary (work has 2 floats of slack)
+  int64_t* lim = reinterpret_cast<int64_t*>(row + d + ((row + d - work) & 1));
   alignas(64) float kbias[kTileN];
 
   for (int64_t r = 0; r < rows; ++r) {
@@ -178,9 +186,18 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
         for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
       }
     }
-    // acc += P V, kPvRowBlock rows at a time, 2 * kW output columns per pass in registers.
-    for (r = 0; r + kPvRowBlock <= rows; r += kPvRowBlock) pv_rows<kPvRowBlock>(s + r * kTileN, vf, acc + r * d, n, d);
-    for (; r < rows; ++r) pv_rows<1>(s + r * kTileN, vf, acc + r * d, n, d);
+    // acc += P V, kPvRowBlock rows at a time, 2 * kW output columns per pass in registers. On a
+    // tile that crosses the first row's causal horizon, each row stops at its own horizon.
+    const bool limited = pr.causal && offset + q0 - k0 + 1 < n;
+    if (limited) {
+      for (r = 0; r < rows; ++r) lim[r] = std::max<int64_t>(0, std::min(n, offset + q0 + r / g - k0 + 1));
+      for (r = 0; r + kPvRowBlock <= rows; r += kPvRowBlock)
+        pv_rows<kPvRowBlock, true>(s + r * kTileN, vf, acc + r * d, n, d, lim + r);
+      for (; r < rows; ++r) pv_rows<1, true>(s + r * kTileN, vf, acc + r * d, n, d, lim + r);
+    } else {
+      for (r = 0; r + kPvRowBlock <= rows; r += kPvRowBlock) pv_rows<kPvRowBlock>(s + r * kTileN, vf, acc + r * d, n, d);
+      for (; r < rows; ++r) pv_rows<1>(s + r * kTileN, vf, acc + r * d, n, d);
+    }
   }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = q0 + r / g, h = hk * g + r % g;

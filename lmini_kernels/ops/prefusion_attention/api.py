@@ -101,9 +101,10 @@ def prefusion_attention(
         row whose every visible key is masked returns zeros, never NaN. Non-finite data: a key
         hidden by ``key_padding_mask`` is never read, so whatever its K and V hold (NaN, inf,
         garbage in a padded cache slot) changes nothing; a NaN in what a query sees (its q, a
-        visible key's K or V, the scale) makes its output NaN, as in torch. One exception, on
-        every backend: a non-finite V of a key beyond a query's causal horizon (a later
-        position of the suffix, not padding) can reach that query's row through 0 * NaN.
+        visible key's K or V, the scale) makes its output NaN, as in torch. A key beyond a
+        query's causal horizon (a later position of the suffix, not padding) leaves that
+        query's row alone on the reference and cpu backends; on triton and cuda a non-finite V
+        of such a key can still reach it through 0 * NaN (known gap, see README).
         Differentiable on the reference, cpu and cuda (backward through the reference math)
         and triton (Triton backward kernels) backends.
     """

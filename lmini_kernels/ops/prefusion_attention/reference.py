@@ -45,7 +45,17 @@ def prefusion_attention_reference(
     scores = scores.masked_fill(~vis, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     probs = probs.masked_fill(~vis.any(dim=-1, keepdim=True), 0.0)  # all-masked rows: 0, not NaN
-    return torch.einsum("bhqk,bkhd->bqhd", probs, v.to(acc)).to(q.dtype)
+    if not (causal and lq > 1):
+        return torch.einsum("bhqk,bkhd->bqhd", probs, v.to(acc)).to(q.dtype)
+    # A key past a query's causal horizon is visible to later queries, so it cannot be zeroed
+    # like a padded one; its probability is 0 there, and 0 * NaN (or inf) would reach the
+    # earlier query. So the product takes the finite V values only, and an output element whose
+    # query sees a non-finite V value is NaN. (No data-dependent branch: this runs traced too.)
+    bad = ~torch.isfinite(v)
+    out = torch.einsum("bhqk,bkhd->bqhd", probs, v.masked_fill(bad, 0.0).to(acc))
+    seen = torch.einsum("bhqk,bkhd->bqhd", vis.expand(-1, hq, -1, -1).to(acc), bad.to(acc)) > 0
+    out = out.masked_fill(seen, float("nan"))
+    return out.to(q.dtype)
 
 
 def prefusion_attention_backward(
