@@ -64,7 +64,7 @@ def test_dry_run_budgets_fit_nine_minutes_and_failures_do_not_stop_the_rest(tmp_
     assert all(s["budget_s"] > 0 for s in doc["stages"])
     # the failing stages fail, the hanging one is stopped by its (dry-run) budget, the rest run
     assert stages["gpu_tests"]["rc"] == 1 and stages["bench_prefusion"]["rc"] == 1
-    assert stages["ncu"]["timed_out"] and stages["ncu"]["rc"] == 124 and stages["ncu"]["seconds"] <= 4
+    assert stages["ncu"]["timed_out"] and stages["ncu"]["rc"] == 124 and stages["ncu"]["seconds"] <= 5
     others = [n for n in STAGES if n not in ("gpu_tests", "bench_prefusion", "ncu")]
     assert all(stages[n]["rc"] == 0 and f"stand-in for stage {n}" in stages[n]["log_tail"][0] for n in others)
     assert doc["status"] == 1 and doc["dry_run"] and doc["seconds"] < 60
