@@ -72,3 +72,21 @@ def test_backward_mode_runs_every_provider():
     table = [line for line in out.stdout.splitlines() if line.startswith("| B=2")]
     assert {line.split("|")[2].strip() for line in table} >= {"official eager", "lmini reference", "lmini cpu"}
     assert "--mode fwd+bwd" in out.stdout  # in each row's repro command
+
+
+def test_interrupted_run_writes_the_rows_measured_so_far(tmp_path, monkeypatch, capsys):
+    """Ctrl-C, or the SIGINT of a stage's time budget (benchmarks/gpu_session.sh), mid-suite:
+    the rows already measured are written, and the exit status is 130."""
+    from lmini_tools.bench import cli
+
+    def suite(ctx):
+        ctx.measure("case 1", "sum", lambda: sum(range(100)), nbytes=800)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load", lambda name: suite)
+    rc = cli.main(["compress", "--device", "cpu", "--min-run-time", "0.01", "--out", str(tmp_path)])
+    assert rc == 130
+    assert "interrupted: writing the 1 rows measured so far" in capsys.readouterr().err
+    (report,) = tmp_path.glob("compress-cpu-*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert [(r["case"], r["provider"]) for r in rows] == [("case 1", "sum")] and rows[0]["ms"] > 0

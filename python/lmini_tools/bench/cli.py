@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shlex
+import sys
 
 from lmini_tools.args import DTYPES, UsageError, positive_float, positive_int, resolve_device, writable_dir
 
@@ -102,8 +103,13 @@ def main(argv: list[str] | None = None) -> int:
                        repro_args=repro_args(args, device), options=args)  # fmt: skip
     ctx.copy_gbps = copy_bandwidth_gbps(device)
     print(f"copy bandwidth (same run): {ctx.copy_gbps:.1f} GB/s (read + write)")
-    _load(args.suite)(ctx)
-    if wanted is not None and wanted - ctx.seen_providers:
+    interrupted = False
+    try:
+        _load(args.suite)(ctx)
+    except KeyboardInterrupt:  # Ctrl-C, or a time budget's SIGINT (benchmarks/gpu_session.sh): keep the rows
+        interrupted = True
+        print(f"\ninterrupted: writing the {len(ctx.rows)} rows measured so far", file=sys.stderr)
+    if not interrupted and wanted is not None and wanted - ctx.seen_providers:
         unknown = ", ".join(sorted(wanted - ctx.seen_providers))
         raise UsageError(
             f"--providers: unknown {unknown}; this suite's providers: {', '.join(sorted(ctx.seen_providers))}"
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if out_dir is not None and ctx.rows:
         for kind, path in write_results(ctx, env, out_dir).items():
             print(f"{kind}: {path}")
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":
