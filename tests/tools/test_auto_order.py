@@ -24,7 +24,7 @@ def test_cpu_quick_run_measures_every_candidate(tmp_path, capsys):
     out = tmp_path / "auto.json"
     assert auto_order.main(["--device", "cpu", "--quick", "--min-run-time", "0.01", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert doc["environment"]["dtype"] == "float32"
+    assert doc["complete"] is True and doc["environment"]["dtype"] == "float32"
     assert set(doc["ops"]) == {"compress", "prefusion_attention", "row_softmax"}
     for op, o in doc["ops"].items():
         registered = [b.name for b in registry(op).backends]
@@ -52,10 +52,30 @@ def test_a_failing_backend_is_recorded_not_fatal(monkeypatch, tmp_path):
 
     flaky.calls = 0
     monkeypatch.setattr(auto_order, "time_ms", flaky)
-    doc = auto_order.measure("cpu", auto_order.torch.float32, True, 0.01)
-    first = doc["ops"]["compress"]["shapes"][0]
+    ops = auto_order.measure("cpu", auto_order.torch.float32, True, 0.01)
+    first = ops["compress"]["shapes"][0]
     assert first["not_run"]["cpu"] == "RuntimeError: boom" and set(first["ms"]) == {"reference"}
-    assert set(doc["ops"]["row_softmax"]["shapes"][0]["ms"]) == {"cpu", "reference"}
+    assert set(ops["row_softmax"]["shapes"][0]["ms"]) == {"cpu", "reference"}
+
+
+def test_interrupted_run_writes_the_ops_it_finished(monkeypatch, tmp_path):
+    """SIGINT (a stage's time budget in benchmarks/gpu_session.sh) during the second op: the
+    first op is written, marked incomplete, and the exit status is 130."""
+    real = auto_order.time_ms
+    calls = []
+
+    def interrupt_on_second_op(fn, device, *, min_run_time):
+        calls.append(1)
+        if len(calls) > 2:  # compress (first op, one quick shape) has two candidates: cpu, reference
+            raise KeyboardInterrupt
+        return real(fn, device, min_run_time=min_run_time)
+
+    monkeypatch.setattr(auto_order, "time_ms", interrupt_on_second_op)
+    out = tmp_path / "auto.json"
+    assert auto_order.main(["--device", "cpu", "--quick", "--min-run-time", "0.01", "--out", str(out)]) == 130
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False and list(doc["ops"]) == ["compress"]
+    assert set(doc["ops"]["compress"]["shapes"][0]["ms"]) == {"cpu", "reference"}
 
 
 def test_cuda_without_gpu_refuses(capsys):

@@ -9,6 +9,7 @@ LLaVA-Mini shapes of ``profiling/nsight/run_kernels.py`` and a batched one, forw
 :func:`lmini_tools.bench.harness.time_ms`. Writes, per op, the registered order, each shape's
 milliseconds and fastest-first order, and a suggested order: the backends by their geometric
 mean time relative to the fastest on each shape (a backend that cannot run a shape is last).
+Interrupted (Ctrl-C, SIGINT), it writes the ops it finished, with ``"complete": false``.
 """
 
 from __future__ import annotations
@@ -98,9 +99,14 @@ def suggested_order(registered: list[str], shapes: list[dict[str, Any]]) -> list
     return sorted(registered, key=lambda n: (score[n], registered.index(n)))
 
 
-def measure(device: str, dtype: torch.dtype, quick: bool, min_run_time: float) -> dict[str, Any]:
-    """Time every candidate backend on every case; the document :func:`main` writes."""
-    ops: dict[str, Any] = {}
+def measure(
+    device: str, dtype: torch.dtype, quick: bool, min_run_time: float, ops: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Time every candidate backend on every case: op -> registered order, shapes (each with
+    its milliseconds, fastest-first order and the backends not run, with why) and the suggested
+    order. Each op lands in ``ops`` (a fresh dict if None) as soon as it is measured, so that an
+    interrupted run keeps the ops it finished."""
+    ops = {} if ops is None else ops
     for op, op_cases in cases(device, dtype, quick).items():
         registered = [b.name for b in registry(op).backends]
         shapes = []
@@ -120,7 +126,7 @@ def measure(device: str, dtype: torch.dtype, quick: bool, min_run_time: float) -
         ran = [s for s in shapes if s["ms"]]
         ops[op] = {"registered_order": registered, "shapes": shapes,
                    "suggested_order": suggested_order(registered, ran)}  # fmt: skip
-    return {"environment": dict(environment(device), dtype=str(dtype).removeprefix("torch.")), "ops": ops}
+    return ops
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,14 +148,20 @@ def main(argv: list[str] | None = None) -> int:
         print("auto_order: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     dtype = getattr(torch, args.dtype or ("float16" if args.device == "cuda" else "float32"))
-    doc = measure(args.device, dtype, args.quick, args.min_run_time)
+    doc: dict[str, Any] = {"environment": dict(environment(args.device), dtype=str(dtype).removeprefix("torch.")),
+                           "ops": {}, "complete": False}  # fmt: skip
+    try:
+        measure(args.device, dtype, args.quick, args.min_run_time, doc["ops"])
+        doc["complete"] = True
+    except KeyboardInterrupt:  # Ctrl-C, or a time budget's SIGINT (benchmarks/gpu_session.sh)
+        print(f"\ninterrupted: writing the {len(doc['ops'])} ops measured so far", file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n")
     for op, o in doc["ops"].items():
         print(f"{op}: registered {o['registered_order']}, suggested {o['suggested_order']}")
     print(f"auto_order: {out}")
-    return 0
+    return 0 if doc["complete"] else 130
 
 
 if __name__ == "__main__":
