@@ -11,7 +11,8 @@
 # time budget (`timeout`; STAGES below; the budgets, the kill grace and RESERVE_S add up to at
 # most LIMIT_S = 540 s, and the script refuses to start otherwise); a stage that fails or runs out
 # of time is recorded and the next one runs. Every stage also gets at most what is left of the
-# 540 s. Results: one folder, at most 8 files and under 16 MiB (tests/tools/test_gpu_session.py):
+# 540 s. The benchmark and auto-order stages are stopped with SIGINT: they then write the rows
+# they measured (their full GPU runs may well take longer than their budgets). Results: one folder, at most 8 files and under 16 MiB (tests/tools/test_gpu_session.py):
 #   summary.json      each stage's budget, seconds, exit status (124: out of time), log tail
 #   summary.txt       the same, one line per stage, for a person
 #   auto_order.json   fastest backend per op and shape (python -m lmini_tools.bench.auto_order)
@@ -48,15 +49,17 @@ PACK_BYTES=$((14 * 1024 * 1024)) # session.tgz above this is packed again with l
 # name:budget seconds, in run order
 STAGES=(
   build:130
-  info:10
-  gpu_tests:70
-  bench_compress:55
-  bench_prefusion:45
-  auto_order:40
-  ncu:60
-  sanitizer:75
-  memory:20
+  info:8
+  gpu_tests:60
+  bench_compress:50
+  bench_prefusion:40
+  auto_order:35
+  ncu:72
+  sanitizer:84
+  memory:18
 )
+# stages stopped with SIGINT instead of SIGTERM: they write what they measured before the budget ran out
+INTERRUPTIBLE=" bench_compress bench_prefusion auto_order "
 # ops whose kernels ncu and compute-sanitizer see (profiling/nsight/run_kernels.py)
 OPS=(compress prefusion_attention row_softmax)
 
@@ -112,7 +115,9 @@ dry_stage() {
   echo "dry run: stand-in for stage $1"
   case ",${LMINI_GPU_SESSION_DRY_HANG:-}," in *",$1,"*)
     echo "dry run: $1 hangs"
-    sleep 600
+    trap 'echo "dry run: $1 got SIGINT"; exit 130' INT
+    sleep 600 &
+    wait $!
     ;;
   esac
   case ",${LMINI_GPU_SESSION_DRY_FAIL:-}," in *",$1,"*)
@@ -188,7 +193,10 @@ for s in "${STAGES[@]}"; do
     rc=125
     echo "skipped: no time left" >"$WORK/logs/$name.log"
   else
-    STAGE_LIMIT=$limit timeout -k "$KILL_GRACE_S" "$limit" bash "$SELF" --stage "$name" >"$WORK/logs/$name.log" 2>&1
+    sig=TERM
+    case "$INTERRUPTIBLE" in *" $name "*) sig=INT ;; esac
+    STAGE_LIMIT=$limit timeout -s "$sig" -k "$KILL_GRACE_S" "$limit" bash "$SELF" --stage "$name" \
+      >"$WORK/logs/$name.log" 2>&1
     rc=$?
   fi
   took=$((SECONDS - t0))

@@ -54,7 +54,9 @@ def test_gpu_session_without_gpu_prints_one_line_and_exits_2():
 
 def test_dry_run_budgets_fit_nine_minutes_and_failures_do_not_stop_the_rest(tmp_path):
     out = tmp_path / "results"
-    proc, doc = dry_run(out, LMINI_GPU_SESSION_DRY_FAIL="gpu_tests,bench_prefusion", LMINI_GPU_SESSION_DRY_HANG="ncu")
+    proc, doc = dry_run(
+        out, LMINI_GPU_SESSION_DRY_FAIL="gpu_tests,bench_prefusion", LMINI_GPU_SESSION_DRY_HANG="ncu,auto_order"
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     stages = {s["name"]: s for s in doc["stages"]}
     assert [s["name"] for s in doc["stages"]] == STAGES
@@ -64,18 +66,31 @@ def test_dry_run_budgets_fit_nine_minutes_and_failures_do_not_stop_the_rest(tmp_
     assert all(s["budget_s"] > 0 for s in doc["stages"])
     # the failing stages fail, the hanging one is stopped by its (dry-run) budget, the rest run
     assert stages["gpu_tests"]["rc"] == 1 and stages["bench_prefusion"]["rc"] == 1
-    assert stages["ncu"]["timed_out"] and stages["ncu"]["rc"] == 124 and stages["ncu"]["seconds"] <= 5
-    others = [n for n in STAGES if n not in ("gpu_tests", "bench_prefusion", "ncu")]
+    for n in ("ncu", "auto_order"):
+        assert stages[n]["timed_out"] and stages[n]["rc"] == 124 and stages[n]["seconds"] <= 5, stages[n]
+    # auto_order is stopped with SIGINT (it then writes what it measured), ncu with SIGTERM
+    assert stages["auto_order"]["log_tail"][-1] == "dry run: auto_order got SIGINT"
+    assert stages["ncu"]["log_tail"][-1] == "dry run: ncu hangs"
+    others = [n for n in STAGES if n not in ("gpu_tests", "bench_prefusion", "ncu", "auto_order")]
     assert all(stages[n]["rc"] == 0 and f"stand-in for stage {n}" in stages[n]["log_tail"][0] for n in others)
     assert doc["status"] == 1 and doc["dry_run"] and doc["seconds"] < 60
     check_folder(out, doc)
     with tarfile.open(out / "session.tgz") as tar:
         names = set(tar.getnames())
     assert {f"./logs/{n}.log" for n in STAGES} <= names
-    assert "./bench/bench_compress.json" in names and "./auto_order.json" in names
-    assert (out / "auto_order.json").is_file()
+    assert "./bench/bench_compress.json" in names
     text = (out / "summary.txt").read_text()
     assert "gpu_tests        rc=1" in text and "ncu              rc=124" in text and "exit 1" in text
+
+
+def test_dry_run_results_folder_has_the_auto_order(tmp_path):
+    out = tmp_path / "results"
+    proc, doc = dry_run(out)
+    assert proc.returncode == 0 and doc["status"] == 0, proc.stdout + proc.stderr
+    assert json.loads((out / "auto_order.json").read_text()) == {"ops": {}}
+    with tarfile.open(out / "session.tgz") as tar:
+        assert "./auto_order.json" in tar.getnames()
+    check_folder(out, doc)
 
 
 def test_dry_run_keeps_the_folder_under_16_mib(tmp_path):
