@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from lmini_kernels.triton_aot import SHARED_LIMIT, parse_ptxas
 
 
@@ -57,3 +59,16 @@ def test_parse_ptxas_reports_registers_and_spills():
     )
     r = parse_ptxas(text)
     assert r["registers"] == 40 and r["spill_stores"] == 12 and r["spill_loads"] == 8 and r["static_smem"] == 16
+
+
+@pytest.mark.parametrize(("value", "want"), [("", [80, 90]), ("90", [90]), ("90,80", [80, 90]), (" 80 ", [80])])
+def test_aot_archs_from_the_environment(monkeypatch, value, want):
+    monkeypatch.setenv("LMINI_AOT_ARCHS", value)
+    assert aot_archs() == want
+
+
+@pytest.mark.parametrize("value", ["70", "sm_90", "90,", "80;90"])
+def test_aot_archs_refuses_unknown_targets(monkeypatch, value):
+    monkeypatch.setenv("LMINI_AOT_ARCHS", value)
+    with pytest.raises(ValueError, match="LMINI_AOT_ARCHS"):
+        aot_archs()
