@@ -27,7 +27,8 @@
 # runs a stand-in that prints the command it replaces, under a budget of LMINI_GPU_SESSION_DRY_TIMEOUT
 # seconds (default 3) instead of its own; LMINI_GPU_SESSION_DRY_FAIL and _DRY_HANG name stages
 # whose stand-in fails or hangs (comma-separated); LMINI_GPU_SESSION_DRY_BIG=1 makes the ncu
-# stand-in write a 20 MiB report, to exercise the size limit.
+# stand-in write a 20 MiB report, to exercise the size limit; a hanging ncu or sanitizer stand-in
+# sleeps LMINI_GPU_SESSION_DRY_SLEEP seconds (default 600) as one of their capped runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -63,6 +64,18 @@ INTERRUPTIBLE=" bench_compress bench_prefusion auto_order "
 # ops whose kernels ncu and compute-sanitizer see (profiling/nsight/run_kernels.py)
 OPS=(compress prefusion_attention row_softmax)
 
+# run_capped SECONDS CMD...: CMD under its own timeout (a run inside a stage). That timeout puts
+# CMD in a process group of its own, which the stage's stop would miss: the trap passes it on.
+run_capped() {
+  timeout -k 1 "$1" "${@:2}" &
+  local pid=$! rc
+  trap 'kill -TERM -- -"$pid" 2>/dev/null; exit 143' TERM INT
+  wait "$pid"
+  rc=$?
+  trap - TERM INT
+  return $rc
+}
+
 # --- one stage's commands (run as `gpu_session.sh --stage NAME`, under the stage's timeout) ---
 # $WORK is the folder everything is written to before packing.
 run_stage() {
@@ -85,7 +98,7 @@ run_stage() {
       for backend in cuda triton; do
         echo "-- ncu $op/$backend"
         LMINI_NSIGHT_OUT="$WORK/nsight" LMINI_NCU_BACKENDS=$backend PYTHON="$PY" \
-          timeout -k 1 "$cap" bash profiling/nsight/ncu_kernels.sh "$op" || rc=1
+          run_capped "$cap" bash profiling/nsight/ncu_kernels.sh "$op" || rc=1
       done
     done
     return $rc
@@ -96,7 +109,7 @@ run_stage() {
     for tool in memcheck racecheck; do
       for op in "${OPS[@]}"; do
         echo "-- compute-sanitizer --tool $tool: $op (cuda)"
-        timeout -k 1 "$cap" compute-sanitizer --tool "$tool" --error-exitcode 1 \
+        run_capped "$cap" compute-sanitizer --tool "$tool" --error-exitcode 1 \
           "$PY" profiling/nsight/run_kernels.py --op "$op" --backend cuda --iters 1 || rc=1
       done
     done
@@ -115,9 +128,13 @@ dry_stage() {
   echo "dry run: stand-in for stage $1"
   case ",${LMINI_GPU_SESSION_DRY_HANG:-}," in *",$1,"*)
     echo "dry run: $1 hangs"
-    trap 'echo "dry run: $1 got SIGINT"; exit 130' INT
-    sleep 600 &
-    wait $!
+    if [ "$1" = ncu ] || [ "$1" = sanitizer ]; then
+      run_capped 600 sleep "${LMINI_GPU_SESSION_DRY_SLEEP:-600}" # as their runs are: the stage's stop must reach it
+    else
+      trap 'echo "dry run: $1 got SIGINT"; exit 130' INT
+      sleep 600 &
+      wait $!
+    fi
     ;;
   esac
   case ",${LMINI_GPU_SESSION_DRY_FAIL:-}," in *",$1,"*)
@@ -189,8 +206,9 @@ for s in "${STAGES[@]}"; do
   [ "$DRY" = 1 ] && limit=${LMINI_GPU_SESSION_DRY_TIMEOUT:-3}
   [ "$limit" -gt "$left" ] && limit=$left
   t0=$SECONDS
+  skipped=0
   if [ "$limit" -lt 1 ]; then
-    rc=125
+    rc=125 skipped=1
     echo "skipped: no time left" >"$WORK/logs/$name.log"
   else
     sig=TERM
@@ -200,7 +218,8 @@ for s in "${STAGES[@]}"; do
     rc=$?
   fi
   took=$((SECONDS - t0))
-  case $rc in 0) what=ok ;; 124 | 137) what="out of time ($limit s)" ;; 125) what="skipped" ;; *) what=failed ;; esac
+  case $rc in 0) what=ok ;; 124 | 137) what="out of time ($limit s)" ;; *) what=failed ;; esac
+  [ "$skipped" = 1 ] && what="skipped: no time left"
   [ "$rc" = 0 ] || status=1
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$budget" "$limit" "$took" "$rc" >>"$WORK/stages.tsv"
   echo "== $name: $what, rc=$rc, $took s (budget $budget s)"
@@ -209,7 +228,7 @@ done
 
 # --- pack: session.tgz, auto_order.json, summary.json, summary.txt ---
 dropped=""
-pack() { tar -C "$WORK" -czf "$DEST/session.tgz" "$@" --exclude=stages.tsv . 2>>"$WORK/logs/pack.log"; }
+pack() { tar -C "$WORK" -czf "$DEST/session.tgz" "$@" --exclude=stages.tsv . || echo "gpu_session: tar failed" >&2; }
 pack
 if [ "$(stat -c %s "$DEST/session.tgz")" -gt "$PACK_BYTES" ]; then
   dropped="*.ncu-rep"

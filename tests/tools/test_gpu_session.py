@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,19 @@ def _gpu_present() -> bool:
     if not shutil.which("nvidia-smi"):
         return False
     return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+def _pids_running(argv: list[str]) -> list[int]:
+    """Pids of the processes whose command line is ``argv`` (read from /proc)."""
+    want = ("\0".join(argv) + "\0").encode()
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes() == want:
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return pids
 
 
 def dry_run(out: Path, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -91,6 +105,23 @@ def test_dry_run_results_folder_has_the_auto_order(tmp_path):
     with tarfile.open(out / "session.tgz") as tar:
         assert "./auto_order.json" in tar.getnames()
     check_folder(out, doc)
+
+
+def test_a_stopped_stage_leaves_no_capped_run_behind(tmp_path):
+    """ncu and compute-sanitizer runs have their own timeouts (own process groups); when the
+    stage's budget stops the stage, they stop too instead of overlapping the next stage."""
+    sleep = str(500 + os.getpid() % 97)  # a duration no other process here sleeps
+    proc, doc = dry_run(
+        tmp_path / "results", LMINI_GPU_SESSION_DRY_HANG="ncu,sanitizer", LMINI_GPU_SESSION_DRY_SLEEP=sleep
+    )
+    stages = {s["name"]: s for s in doc["stages"]}
+    assert stages["ncu"]["timed_out"] and stages["sanitizer"]["timed_out"] and stages["memory"]["rc"] == 0
+    for _ in range(20):  # the TERM passed on reaches the run at once; allow a loaded machine a moment
+        left = _pids_running(["sleep", sleep])
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, f"capped runs still running: pids {left}"
 
 
 def test_dry_run_keeps_the_folder_under_16_mib(tmp_path):
