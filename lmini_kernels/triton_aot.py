@@ -4,7 +4,8 @@ Each Triton module lists :class:`AotSpec` entries (kernel, argument types, const
 in ``AOT_SPECS``; :func:`compile_spec` compiles one for an sm_XX target and reports shared
 memory (from Triton's metadata) and registers and spills (from ``ptxas -v`` on the PTX, with
 the ptxas Triton bundles). ``tests/build/test_compile_triton.py`` runs every spec for sm_80 and
-sm_90 in a subprocess without ``TRITON_INTERPRET`` and fails on a config that cannot fit.
+sm_90 in a subprocess without ``TRITON_INTERPRET`` and fails on a config that cannot fit
+(``LMINI_AOT_ARCHS=90`` there, ``--arch 90`` here: one target only).
 """
 
 from __future__ import annotations
@@ -111,15 +112,22 @@ def parse_ptxas(text: str) -> dict[str, int]:
     }
 
 
-def main() -> int:
-    """Compile every spec for sm_80 and sm_90; print a table; non-zero exit on any failure."""
+def main(argv: list[str] | None = None) -> int:
+    """Compile every spec for sm_80 and sm_90 (or the ``--arch`` ones); print a table as JSON;
+    non-zero exit on any failure."""
+    import argparse
     import json
     import sys
 
+    parser = argparse.ArgumentParser(prog="python -m lmini_kernels.triton_aot", description=main.__doc__)
+    parser.add_argument(
+        "--arch", type=int, action="append", choices=sorted(SHARED_LIMIT), help="sm_XX target (repeatable; default all)"
+    )
+    archs = parser.parse_args(argv).arch or sorted(SHARED_LIMIT)
     failures = 0
     rows = []
     for spec in all_specs():
-        for arch in (80, 90):
+        for arch in archs:
             try:
                 r = compile_spec(spec, arch)
                 fits = r["shared_bytes"] <= SHARED_LIMIT[arch] and r["spill_stores"] == 0 and r["spill_loads"] == 0

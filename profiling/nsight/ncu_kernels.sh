@@ -6,7 +6,9 @@
 #   LMINI_NCU_BACKENDS="triton cuda"              which backends to profile (default both)
 #
 # Each (op, backend) runs profiling/nsight/run_kernels.py on the op's LLaVA-Mini shape; ncu
-# profiles one launch of the op's kernels (name filter below) after two warm-up calls.
+# profiles one launch of the op's kernels (name filter below) after two warm-up calls, with the
+# GPU's clocks left as they are (--clock-control none: on the lent H200 machines ncu was seen
+# reading counters that way; its default, locking the clocks, was not tried there).
 # Writes $LMINI_NSIGHT_OUT/ncu/<op>_<backend>.ncu-rep and .txt (default profiling/results/nsight/ncu/).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -30,7 +32,7 @@ for op in "${ops[@]}"; do
         exit 4
     fi
     for backend in ${LMINI_NCU_BACKENDS:-triton cuda}; do
-        ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
+        ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
             --kernel-name "${FILTER[$op]}" --launch-skip 2 --launch-count 1 \
             --force-overwrite --export "$out/${op}_${backend}" \
             "$PYTHON" profiling/nsight/run_kernels.py --op "$op" --backend "$backend" --iters 3

@@ -402,14 +402,20 @@ def _forward_launch(q, k, v, mask, out, lse, causal: bool, scale: float, plan: d
         )
 
 
-def _bwd_config(dtype: torch.dtype) -> tuple[int, int, int]:
-    """BLOCK_M, BLOCK_N, num_warps of the backward kernels (no spills on sm_80/sm_90, AOT_SPECS)."""
-    return (16, 16, 4) if dtype == torch.float32 else (32, 32, 8)
+def _bwd_config(dtype: torch.dtype, block_d: int) -> tuple[int, int, int]:
+    """BLOCK_M, BLOCK_N, num_warps of the backward kernels (no spills on sm_80/sm_90, AOT_SPECS).
+
+    fp32 at BLOCK_D <= 64 takes 8 warps: with 4, the sm_90 code of Triton 3.6 spills in the dkdv
+    kernel (ptxas settles on 80 registers); at BLOCK_D = 128, 8 warps spill with 3.6 and 3.8 alike
+    (``.ci/compat`` compiles every spec with Triton 3.6)."""
+    if dtype == torch.float32:
+        return (16, 16, 8 if block_d <= 64 else 4)
+    return (32, 32, 8)
 
 
 def backward_grids(b: int, lq: int, lk: int, hq: int, hkv: int, dtype: torch.dtype) -> dict[str, tuple[int, ...]]:
     """Grids of the two backward kernels for one batch chunk (pure, checked against the GPU's limits)."""
-    block_m, block_n, _ = _bwd_config(dtype)
+    block_m, block_n, _ = _bwd_config(dtype, 64)  # the blocks do not depend on the head dim
     chunk = batch_chunk(b, hq)
     grids = {
         "prefusion_attn_bwd_dkdv_kernel": (triton.cdiv(lk, block_n), chunk * hkv),
@@ -436,7 +442,7 @@ def attention_backward(grad_out, q, k, v, key_padding_mask, out, lse, causal: bo
     if key_padding_mask is not None:
         mask = key_padding_mask.contiguous().view(torch.uint8)
         k, v = _zero_padded(k, key_padding_mask), _zero_padded(v, key_padding_mask)
-    block_m, block_n, warps = _bwd_config(q.dtype)
+    block_m, block_n, warps = _bwd_config(q.dtype, triton.next_power_of_2(d))
     meta = dict(
         HAS_MASK=mask is not None, CAUSAL=causal, HEAD_DIM=d, BLOCK_D=triton.next_power_of_2(d),
         BLOCK_M=block_m, BLOCK_N=block_n, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
@@ -523,11 +529,11 @@ AOT_SPECS += [
             "CAUSAL": True,
             "HEAD_DIM": d,
             "BLOCK_D": triton.next_power_of_2(d),
-            "BLOCK_M": _bwd_config(tdt)[0],
-            "BLOCK_N": _bwd_config(tdt)[1],
+            "BLOCK_M": _bwd_config(tdt, triton.next_power_of_2(d))[0],
+            "BLOCK_N": _bwd_config(tdt, triton.next_power_of_2(d))[1],
             "DOT_PRECISION": "ieee" if dt == "fp32" else "tf32",
         },
-        num_warps=_bwd_config(tdt)[2],
+        num_warps=_bwd_config(tdt, triton.next_power_of_2(d))[2],
         num_stages=1,
     )
     for dt, tdt in (("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", torch.float32))

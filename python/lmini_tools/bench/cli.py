@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:
         _load(args.suite)(ctx)
-    except KeyboardInterrupt:  # keep what was measured: the finished rows are written below
+    except KeyboardInterrupt:  # Ctrl-C, or a time budget's SIGINT (benchmarks/gpu_session.sh): keep the rows
         interrupted = True
         env["interrupted"] = True
         print(f"lmini bench {args.suite}: interrupted; keeping the {len(ctx.rows)} rows finished before it",
