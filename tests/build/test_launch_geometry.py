@@ -16,15 +16,16 @@ import pytest
 import torch
 
 from lmini_kernels.checks import MAX_GRID, check_grid
-from lmini_kernels.ops.prefusion_attention.api import TRITON_MAX_LEN, _check_triton
+from lmini_kernels.ops.prefusion_attention.api import TRITON_MAX_OFFSET, _check_triton, max_element_offset
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_INCLUDE = Path("/usr/local/cuda/include")
 FRAMES, HEADS, HEAD_DIM = 2048, 32, 128  # long video through the 7B LLM's pre-fusion layers
+LONG = (TRITON_MAX_OFFSET + 1) // (HEADS * HEAD_DIM)  # the longest q the Triton route indexes (524,288)
 
 #: (B, Lq, Lk, Hq, Hkv): pre-fusion of 2,048 frames (one frame per sample), the largest video
 #: batch; a single long sequence; GQA.
-PREFUSION_SHAPES = [(FRAMES, 44, 621, HEADS, HEADS), (1, TRITON_MAX_LEN, TRITON_MAX_LEN, HEADS, 8), (FRAMES, 1, 1, 64, 8)]
+PREFUSION_SHAPES = [(FRAMES, 44, 621, HEADS, HEADS), (1, LONG, LONG, HEADS, 8), (FRAMES, 1, 1, 64, 8)]
 
 
 def fits(grid) -> bool:
@@ -44,9 +45,16 @@ def test_triton_prefusion_grids_fit(shape, dtype):
     assert all(fits(g) for g in grids.values()), grids
 
 
-def test_triton_refuses_sequences_past_its_grid():
-    assert _check_triton(64, lk=TRITON_MAX_LEN) == []
-    assert "grid axis y" in _check_triton(64, lk=TRITON_MAX_LEN + 1)[0]
+def test_triton_refuses_offsets_past_int32():
+    """The Triton route's only size bound is its 32-bit indexing: the largest element offset of
+    q, k, v and the output (strides included), computed without allocating (meta tensors)."""
+    q = torch.empty(1, LONG, HEADS, HEAD_DIM, device="meta")
+    assert max_element_offset(q) == TRITON_MAX_OFFSET
+    assert _check_triton(HEAD_DIM, max_offset=max_element_offset(q)) == []
+    longer = torch.empty(1, LONG + 1, HEADS, HEAD_DIM, device="meta")
+    assert "exceed int32" in _check_triton(HEAD_DIM, max_offset=max_element_offset(longer))[0]
+    strided = torch.empty(2, 1024, 8, 2 * HEAD_DIM, device="meta")[..., :HEAD_DIM]
+    assert max_element_offset(strided) == (2 * 1024 * 8 * 2 * HEAD_DIM - 1) - HEAD_DIM
 
 
 def test_check_grid_names_kernel_axis_and_sizes():

@@ -40,20 +40,27 @@ def _run_emulated(q, k, v, causal, key_padding_mask, softmax_scale):
     return torch.ops.lmini_emu.prefusion_attention(q, k, v, causal, key_padding_mask, _scale(q, softmax_scale))
 
 
-# Sequence bound of the Triton route: 65,535 tiles of 16 rows. It dates from a grid layout with
-# the tiles on axis y; the kernels now put them on axis x (2^31 - 1 blocks) and every grid is
-# checked before launch (checks.check_grid), so the bound is stricter than the launch needs.
-TRITON_MAX_LEN = 65535 * 16
+# The Triton kernels index with 32-bit offsets (program id times stride), so every element
+# offset of q, k, v and the output must fit in int32. (The grids need no bound of their own
+# here: tiles are on axis x, batches past 65,535 (sample, head) pairs run in slices, and every
+# grid is checked before launch by checks.check_grid.)
+TRITON_MAX_OFFSET = 2**31 - 1
+
+
+def max_element_offset(*tensors: torch.Tensor) -> int:
+    """The largest element offset any of ``tensors`` reaches from its first element."""
+    return max((sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True)) for t in tensors if t.numel()),
+               default=0)  # fmt: skip
 
 
 def _check_cpu(head_dim: int, **_) -> list[str]:
     return [] if head_dim <= CPU_MAX_HEAD_DIM else [f"head dim {head_dim} > {CPU_MAX_HEAD_DIM}"]
 
 
-def _check_triton(head_dim: int, lk: int = 0, **_) -> list[str]:
+def _check_triton(head_dim: int, max_offset: int = 0, **_) -> list[str]:
     reasons = [] if head_dim in TRITON_HEAD_DIMS else [f"head dim {head_dim} not in {TRITON_HEAD_DIMS}"]
-    if lk > TRITON_MAX_LEN:
-        reasons.append(f"{lk} keys > {TRITON_MAX_LEN} (grid axis y of the Triton kernels)")
+    if max_offset > TRITON_MAX_OFFSET:
+        reasons.append(f"element offsets up to {max_offset} exceed int32 (the Triton kernels' 32-bit indexing)")
     return reasons
 
 
@@ -127,7 +134,9 @@ def prefusion_attention(
             raise TypeError(f"key_padding_mask: expected dtype bool (True = ignore), got {key_padding_mask.dtype}")
     check_same([("q", q), ("k", k), ("v", v)])
     check_same([("q", q), ("key_padding_mask", key_padding_mask)], dtype=False)
-    impl = _REG.select(backend, {"q": q, "k": k, "v": v}, head_dim=d, lk=lk)
+    # the output is contiguous (B, Lq, Hq, d): its last offset is q.numel() - 1
+    max_offset = max(max_element_offset(q, k, v), q.numel() - 1)
+    impl = _REG.select(backend, {"q": q, "k": k, "v": v}, head_dim=d, max_offset=max_offset)
     return impl.run(q, k, v, causal, key_padding_mask, softmax_scale)
 
 
