@@ -179,7 +179,7 @@ class LlavaMiniConfig:
             return
         _int("config", "compressor_size", self.compressor_size)
         _int("config", "compressor_heads", self.compressor_heads)
-        _int("config", "prefusion_layers", self.prefusion_layers)
+        _int("config", "prefusion_layers", self.prefusion_layers, 0)  # 0: the paper's no-pre-fusion ablation
         if self.vision.hidden_size % self.compressor_heads:
             raise ValueError(
                 f"compressor_heads: the compressor width (vision.hidden_size = {self.vision.hidden_size}) is not "

@@ -306,6 +306,8 @@ class LlavaMini(nn.Module):
     def _fused_prefusion_on(self, prefusion: str) -> bool:
         if prefusion not in self.PREFUSION_PATHS:
             raise ValueError(f"prefusion: expected one of {self.PREFUSION_PATHS}, got {prefusion!r}")
+        if self.config.prefusion_layers == 0:  # nothing to fuse (the paper's ablation): one path
+            return False
         return prefusion == "fused" or (prefusion == "auto" and self.backend != "reference")
 
     def fused_prefusion(self, *, backend: str | None = None) -> lmini_kernels.FusedPreFusion:

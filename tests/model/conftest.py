@@ -13,25 +13,10 @@ try:  # the package is installed by `pip install -e .`; fall back to the source 
 except ImportError:  # pragma: no cover - depends on how the repo was installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
 
-from llava_mini import IMAGE_TOKEN_INDEX, LlavaMini, LlavaMiniConfig  # noqa: E402
 
-
-def build(name: str, seed: int = 0, backend: str = "reference") -> LlavaMini:
-    """A tiny model with deterministic random weights, in eval mode."""
-    return LlavaMini(LlavaMiniConfig.from_name(name), backend=backend).init_random_weights(seed).eval()
-
-
-def make_ids(
-    gen: torch.Generator, batch: int, length: int, vocab: int, image_at: int | None = 2, pad_tail: int = 0
-) -> torch.Tensor:
-    """Random prompt ids in [1, vocab) with the image placeholder at ``image_at`` and, in the
-    last sample, ``pad_tail`` trailing pad ids (0)."""
-    ids = torch.randint(1, vocab, (batch, length), generator=gen)
-    if image_at is not None:
-        ids[:, image_at] = IMAGE_TOKEN_INDEX
-    if pad_tail:
-        ids[-1, length - pad_tail :] = 0
-    return ids
+# build and make_ids live in model_helpers.py (a unique module name, so that processes spawned
+# by a test can import them too); re-exported here for the tests that import them from conftest.
+from model_helpers import build, make_ids  # noqa: E402, F401
 
 
 @pytest.fixture

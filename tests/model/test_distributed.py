@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import build, make_ids
+from model_helpers import build, make_ids
 
 from llava_mini.distributed import DistributedVideoError, encode_video_distributed, frame_share
 

@@ -56,7 +56,7 @@ def test_rope_scaling_fields(field: str, value: object) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("compressor_size", 0), ("compressor_heads", 0), ("compressor_heads", 5), ("prefusion_layers", 0),
+    [("compressor_size", 0), ("compressor_heads", 0), ("compressor_heads", 5), ("prefusion_layers", -1),
      ("resolution_ratio", 0), ("resolution_ratio", 1.5), ("projector_type", "linear3"), ("vision", None)],
 )  # fmt: skip
 def test_model_fields(field: str, value: object) -> None:
@@ -99,7 +99,7 @@ def test_hf_missing_field_is_named(field: str) -> None:
     ("over", "words"),
     [({"rope_theta": 0}, "text.rope_theta"), ({"rope_theta": -10000.0}, "text.rope_theta"),
      ({"num_attention_heads": 0}, "text.num_heads"), ({"rms_norm_eps": "1e-6"}, "text.rms_norm_eps"),
-     ({"prefusion_layer_num": 0}, "prefusion_layers"), ({"resolution_ratio": -1}, "resolution_ratio"),
+     ({"prefusion_layer_num": -1}, "prefusion_layers"), ({"resolution_ratio": -1}, "resolution_ratio"),
      ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling: missing field"),
      ({"rope_scaling": [1]}, "rope_scaling"), ({"mm_vision_tower": "siglip-so400m"}, "mm_vision_tower"),
      ({"mm_hidden_size": 1152}, "mm_hidden_size")],

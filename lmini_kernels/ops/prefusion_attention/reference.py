@@ -50,10 +50,13 @@ def prefusion_attention_reference(
     # A key past a query's causal horizon is visible to later queries, so it cannot be zeroed
     # like a padded one; its probability is 0 there, and 0 * NaN (or inf) would reach the
     # earlier query. So the product takes the finite V values only, and an output element whose
-    # query sees a non-finite V value is NaN. (No data-dependent branch: this runs traced too.)
+    # query sees a non-finite V value is NaN: query i sees keys 0 .. Lk - Lq + i (padded ones
+    # are zeros by now), so "sees one" is a running OR over the keys, read at Lk - Lq + i.
+    # (No data-dependent branch and no extra matmul: this traces, and FLOP counts stay those
+    # of the attention.)
     bad = ~torch.isfinite(v)
     out = torch.einsum("bhqk,bkhd->bqhd", probs, v.masked_fill(bad, 0.0).to(acc))
-    seen = torch.einsum("bhqk,bkhd->bqhd", vis.expand(-1, hq, -1, -1).to(acc), bad.to(acc)) > 0
+    seen = bad.to(torch.uint8).cummax(dim=1).values[:, lk - lq :].bool()  # (B, Lq, Hq, d)
     out = out.masked_fill(seen, float("nan"))
     return out.to(q.dtype)
 
