@@ -369,3 +369,14 @@ def test_entry_point_reference_model_and_unknown():
     assert report.kind == "reference LLaVA-Mini" and not report.patched and "nothing to patch" in str(report)
     report = apply_lmini_kernels(torch.nn.Linear(2, 2))
     assert report.kind == "unknown" and not report.patched
+
+
+def test_left_padded_input_matches_official():
+    # left-padded input_ids: the official splice takes the placeholder's index among the kept
+    # positions but slices the text features of all positions; the patch does the same
+    model = build_standin(seed=34, padding_side="left")
+    ids, mask, images = make_inputs(model, batch=3, length=12, seed=35, pad=False)
+    for b, n in ((1, 2), (2, 4)):
+        ids[b] = torch.cat([torch.zeros(n, dtype=ids.dtype), ids[b, : 12 - n]])
+        mask[b, :n] = False
+    check_same(model, ids, mask, images, tokens=False)
