@@ -380,3 +380,29 @@ def test_left_padded_input_matches_official():
         ids[b] = torch.cat([torch.zeros(n, dtype=ids.dtype), ids[b, : 12 - n]])
         mask[b, :n] = False
     check_same(model, ids, mask, images, tokens=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_no_worse_than_official(dtype):
+    # both paths round differently in 16 bits: each is compared with the float32 model
+    model = build_standin(seed=36)
+    ids, mask, images = make_inputs(model, batch=2, length=10, seed=37)
+    exact = logits(model, ids, mask, images).logits
+    model.to(dtype)
+    official_err = rel_error(logits(model, ids, mask, images.to(dtype)).logits, exact)
+    apply_lmini_kernels_to_llava_mini(model)
+    patched_err = rel_error(logits(model, ids, mask, images.to(dtype)).logits, exact)
+    assert official_err < 0.05 and patched_err <= 1.5 * official_err
+
+
+def test_cast_after_patch_keeps_sharing():
+    # model.half() after the patch: the shared parameters follow, the frozen fold is recomputed
+    model = build_standin(seed=38)
+    ids, mask, images = make_inputs(model, batch=2, length=10, seed=39)
+    handle = apply_lmini_kernels_to_llava_mini(model)
+    logits(model, ids, mask, images)
+    model.half()
+    out = logits(model, ids, mask, images.half()).logits
+    assert handle.compressor.query.dtype == torch.float16
+    handle.revert()
+    assert rel_error(out, logits(model, ids, mask, images.half()).logits) <= 5e-3
