@@ -599,7 +599,7 @@ def apply_lmini_kernels_to_llava_mini(
         backend: backend of :func:`lmini_kernels.prefusion_attention` in the pre-fusion.
         freeze_compressor: cache the compressor's parameter-only work
             (:meth:`FusedResampler.freeze`; invalidated by version counters, bypassed in training).
-        prefix_cache_size: vision prefixes kept (least recently used dropped; 0 disables). One
+        prefix_cache_size: image tensors whose prefixes are kept (least recently used dropped; 0 disables). One
             entry holds every pre-fusion layer's K and V of the prefix: at LLaVA-Mini-7B shapes
             in fp16 about 38 MB per image (577 rows x 4 layers x 2 x 4096 x 2 bytes).
         video_chunk_frames: frames per batched pre-fusion chunk (default 16 on CUDA, 4 on CPU).

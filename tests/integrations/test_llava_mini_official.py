@@ -406,3 +406,20 @@ def test_cast_after_patch_keeps_sharing():
     assert handle.compressor.query.dtype == torch.float16
     handle.revert()
     assert rel_error(out, logits(model, ids, mask, images.half()).logits) <= 5e-3
+
+
+def test_sample_without_placeholder_and_truncation_match_official():
+    # a sample with no placeholder still consumes an image slot; sequences are cut to
+    # config.tokenizer_model_max_length before padding
+    model = build_standin(seed=44)
+    ids, mask, images = make_inputs(model, batch=3, length=10, seed=45)
+    ids[1][ids[1] == IMAGE_TOKEN_INDEX] = 5
+    check_same(model, ids, mask, images, tokens=False)
+    model.__dict__["_lmini_kernels_patch"].revert()
+    model.config.tokenizer_model_max_length = 7
+    with torch.no_grad():
+        ref = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, None, images)
+        apply_lmini_kernels_to_llava_mini(model)
+        out = model.prepare_inputs_labels_for_multimodal(ids, None, mask, None, None, images)
+    assert out[4].shape == ref[4].shape == (3, 7, model.config.hidden_size)
+    assert torch.equal(out[2], ref[2]) and torch.equal(out[5], ref[5]) and rel_error(out[4], ref[4]) <= TOL
