@@ -180,16 +180,19 @@ def make_tiny_checkpoint(
     name: str = "tiny",
     *,
     seed: int = 0,
+    std: float = 0.02,
     tokenizer_model_max_length: int | None = None,
 ) -> Path:
     """Write a tiny checkpoint folder for the named config (:meth:`LlavaMiniConfig.from_name`,
-    a ``tiny*`` name) with random weights (:meth:`LlavaMini.init_random_weights` with ``seed``)
+    a ``tiny*`` name) with random weights (:meth:`LlavaMini.init_random_weights` with ``seed``
+    and ``std``; a larger ``std`` than the default 0.02, e.g. 0.3, makes answers depend visibly
+    on the image)
     into ``directory`` (created if needed; files of the same names are replaced). Returns the
     folder. ``tokenizer_model_max_length`` is written to ``config.json`` when given.
 
     The folder loads with ``LlavaMini.from_pretrained(d, LlavaMiniConfig.from_hf_config(
     json.load(open(d / "config.json"))))`` and :func:`llava_mini.prompt.load_tokenizer`; the
-    model built from it equals ``LlavaMini(LlavaMiniConfig.from_name(name)).init_random_weights(seed)``.
+    model built from it equals ``LlavaMini(LlavaMiniConfig.from_name(name)).init_random_weights(seed, std)``.
     Needs the ``tokenizers`` and ``transformers`` packages (``pip install 'lmini-kernels[chat]'``).
     """
     if not isinstance(name, str) or not name.startswith("tiny"):
@@ -225,7 +228,7 @@ def make_tiny_checkpoint(
         chat_template=template,
     )
     fast.save_pretrained(str(out))
-    model = LlavaMini(cfg, backend="reference").init_random_weights(seed)
+    model = LlavaMini(cfg, backend="reference").init_random_weights(seed, std)
     save_weights(model, out)
     hf = _hf_config(cfg, bos=ids[bos], eos=ids[eos], tokenizer_model_max_length=tokenizer_model_max_length)
     gen = {"bos_token_id": ids[bos], "eos_token_id": [ids[s] for s in stops], "pad_token_id": ids[pad]}
