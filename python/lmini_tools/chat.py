@@ -108,6 +108,8 @@ class _Printer:
             return
         self.ids.append(t)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a character split over tokens: wait for its last byte
+            return
         if text.startswith(self.shown):
             self.out.write(text[len(self.shown) :])
             self.out.flush()
@@ -115,8 +117,8 @@ class _Printer:
 
     def finish(self) -> str:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.startswith(self.shown):
-            self.out.write(text[len(self.shown) :])
+        # a decoding that rewrote what was shown (rare) is printed again whole on its own line
+        self.out.write(text[len(self.shown) :] if text.startswith(self.shown) else "\n" + text)
         self.out.write("\n")
         self.out.flush()
         return text.strip()

@@ -146,3 +146,26 @@ def test_user_errors_are_one_line_exit_2(media, tmp_path, capsys) -> None:
         assert rc == 2, (args, err)
         assert "Traceback" not in err
         assert words in err.strip().splitlines()[-1], (args, err)
+
+
+class _ByteTokenizer:
+    """Token i = byte i; a split UTF-8 character decodes to U+FFFD until its last byte."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_streamed_text_waits_for_whole_characters_and_stops_at_eos() -> None:
+    import io
+
+    from lmini_tools.chat import _Printer
+
+    out = io.StringIO()
+    printer = _Printer(_ByteTokenizer(), {0, 255}, out)
+    shown = []
+    for b in [*"hé ü".encode(), 255, *b"after the end"]:
+        printer(torch.tensor([b]))
+        shown.append(out.getvalue())
+    assert "\ufffd" not in "".join(shown)
+    assert shown[:4] == ["h", "h", "hé", "hé "]  # the two bytes of é appear together
+    assert printer.finish() == "hé ü" and out.getvalue() == "hé ü\n"
