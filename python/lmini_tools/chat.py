@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         speed = (official[1] + official[2]) / max(fused[1] + fused[2], 1e-9)
         a, b = fused[1] + fused[2], official[1] + official[2]
         line = f"lmini chat: latency {main_label} {a:.1f} ms, official {b:.1f} ms ({speed:.2f}x); {same}"
+        if main_label == "official":
+            line += " (--backend reference: both runs take the official path; pick another backend to compare)"
         print(line, file=sys.stderr)
     return 0
 
