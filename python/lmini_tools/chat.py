@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_config(folder: Path):
+def read_checkpoint_config(folder: Path):
+    """The :class:`llava_mini.LlavaMiniConfig` of a checkpoint folder's ``config.json``; a
+    missing folder or file, bad JSON or a bad field is one error naming the file."""
     from llava_mini.config import LlavaMiniConfig
 
     if not folder.is_dir():
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from llava_mini.video import stream_video
 
     folder = Path(args.model)
-    cfg = _read_config(folder)
+    cfg = read_checkpoint_config(folder)
     device = torch.device(resolve_device(args.device))
     dtype = getattr(torch, args.dtype)
     tok = load_tokenizer(folder)
