@@ -117,9 +117,10 @@ class CLIPVisionTower(nn.Module):
         self.vision_tower = CLIPVisionModel(cfg)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Second-to-last layer's patch tokens (``select_layer``), CLS dropped, in the tower's dtype."""
+        """Second-to-last layer's tokens (``select_layer``) in the tower's dtype: the patches
+        (``select_feature="patch"``, CLS dropped) or CLS then the patches (``"cls_patch"``)."""
         vm = self.vision_tower.vision_model
         x = vm.pre_layrnorm(vm.embeddings(pixels))  # hidden_states[0]
         for layer in vm.encoder.layers[: self.config.num_layers_used]:
             x = layer(x)
-        return x[:, 1:]
+        return x if self.config.select_feature == "cls_patch" else x[:, 1:]

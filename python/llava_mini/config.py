@@ -23,6 +23,11 @@ __all__ = ["VisionConfig", "RopeScaling", "TextConfig", "LlavaMiniConfig", "IMAG
 
 #: Placeholder id of the image in ``input_ids`` (same value as the official ``constants.py``).
 IMAGE_TOKEN_INDEX = -200
+#: ``mm_projector_type`` values built here (the official ``build_vision_projector``'s ``linear``
+#: and ``mlp2x_gelu``).
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu")
+#: ``mm_vision_select_feature`` values (the official ``CLIPVisionTower.feature_select``).
+SELECT_FEATURES = ("patch", "cls_patch")
 
 
 def _int(owner: str, name: str, value: object, low: int = 1, high: int | None = None) -> None:
@@ -55,6 +60,8 @@ class VisionConfig:
     layer_norm_eps: float = 1e-5
     #: ``mm_vision_select_layer``: index into the hidden-state tuple (embeddings first).
     select_layer: int = -2
+    #: ``mm_vision_select_feature``: "patch" drops the CLS token, "cls_patch" keeps it first.
+    select_feature: str = "patch"
 
     def __post_init__(self) -> None:
         o = "vision"
@@ -67,6 +74,8 @@ class VisionConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"{o}.hidden_size: {self.hidden_size} is not divisible by num_heads = {self.num_heads}")
         _int(o, "select_layer", self.select_layer, -(self.num_layers + 1), self.num_layers)
+        if self.select_feature not in SELECT_FEATURES:
+            raise ValueError(f"{o}.select_feature: expected one of {SELECT_FEATURES}, got {self.select_feature!r}")
 
     @property
     def grid_size(self) -> int:
@@ -77,6 +86,12 @@ class VisionConfig:
     def num_patches(self) -> int:
         """Patch tokens per image, CLS excluded (576 for ViT-L/14-336)."""
         return self.grid_size**2
+
+    @property
+    def num_features(self) -> int:
+        """Feature tokens the tower gives per image: the patches, plus the CLS token with
+        ``select_feature="cls_patch"``."""
+        return self.num_patches + (self.select_feature == "cls_patch")
 
     @property
     def num_layers_used(self) -> int:
@@ -162,15 +177,22 @@ class LlavaMiniConfig:
     prefusion_layers: int = 4
     #: Official ``resolution_ratio``: the image is split ratio x ratio (+ the global view).
     resolution_ratio: int = 1
+    #: Official ``mm_projector_type`` (:data:`PROJECTOR_TYPES`).
     projector_type: str = "mlp2x_gelu"
+    #: Official ``tokenizer_model_max_length``: the spliced LLM input (text + vision tokens) is
+    #: cut to this many tokens per sample, as the official ``prepare_inputs_labels_for_multimodal``
+    #: does; ``None``: no cut.
+    tokenizer_model_max_length: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vision, VisionConfig):
             raise ValueError(f"vision: expected a VisionConfig, got {type(self.vision).__name__}")
         if not isinstance(self.text, TextConfig):
             raise ValueError(f"text: expected a TextConfig, got {type(self.text).__name__}")
-        if self.projector_type != "mlp2x_gelu":
-            raise ValueError(f"projector_type: only 'mlp2x_gelu' is implemented, got {self.projector_type!r}")
+        if self.projector_type not in PROJECTOR_TYPES:
+            raise ValueError(f"projector_type: expected one of {PROJECTOR_TYPES}, got {self.projector_type!r}")
+        if self.tokenizer_model_max_length is not None:
+            _int("config", "tokenizer_model_max_length", self.tokenizer_model_max_length)
         _int("config", "resolution_ratio", self.resolution_ratio)
         if self.compressor_size is None:
             if self.resolution_ratio != 1:
@@ -178,6 +200,11 @@ class LlavaMiniConfig:
             _int("config", "prefusion_layers", self.prefusion_layers, 0, 0)
             return
         _int("config", "compressor_size", self.compressor_size)
+        if self.vision.select_feature != "patch":
+            raise ValueError(
+                f"vision.select_feature: {self.vision.select_feature!r} gives {self.vision.num_features} tokens, not "
+                "a square grid; the compressor needs 'patch' (the official Resampler fails on it too)"
+            )
         _int("config", "compressor_heads", self.compressor_heads)
         _int("config", "prefusion_layers", self.prefusion_layers, 0)  # 0: the paper's no-pre-fusion ablation
         if self.vision.hidden_size % self.compressor_heads:
@@ -210,7 +237,7 @@ class LlavaMiniConfig:
     @property
     def llm_tokens_per_image(self) -> int:
         """Vision tokens that reach the LLM for one image (or one video frame)."""
-        return self.num_queries if self.is_mini else self.vision.num_patches
+        return self.num_queries if self.is_mini else self.vision.num_features
 
     @property
     def prefusion_vision_tokens(self) -> int:
@@ -225,8 +252,12 @@ class LlavaMiniConfig:
     @classmethod
     def from_hf_config(cls, hf: dict, name: str = "from-hf-config") -> LlavaMiniConfig:
         """Read an official ``config.json`` (HF ``LlamaConfig`` fields plus ``compressor_size``,
-        ``prefusion_layer_num``, ``resolution_ratio``, ``mm_*``). The vision tower is not
-        described there beyond its name; CLIP ViT-L/14-336 is assumed (both official towers).
+        ``prefusion_layer_num``, ``resolution_ratio``, ``mm_*``, ``tokenizer_model_max_length``).
+        The vision tower is not described there beyond its name; CLIP ViT-L/14-336 is assumed
+        (both official towers) unless a ``vision_config`` object (HF ``CLIPVisionConfig`` field
+        names, as in HF's ``LlavaConfig``) describes another one, e.g. a tiny test tower, with
+        ``compressor_num_heads`` (the official code fixes 8 heads) for a narrow one.
+        ``mm_projector_type`` absent means ``linear``, as in the official builder.
 
         Every field is validated before anything is built: a missing required field or a value
         out of range is a ValueError naming it; fields this reader neither uses nor knows to be
@@ -266,10 +297,20 @@ class LlavaMiniConfig:
             max_position_embeddings=hf.get("max_position_embeddings", 4096),
             pad_token_id=hf.get("pad_token_id") or 0,
         )
-        tower = hf.get("mm_vision_tower", "openai/clip-vit-large-patch14-336")
-        if not isinstance(tower, str) or "336" not in tower or "large" not in tower:
-            raise ValueError(f"mm_vision_tower: only CLIP ViT-L/14-336 is described here, config names {tower!r}")
-        vision = dataclasses.replace(CLIP_L14_336, select_layer=hf.get("mm_vision_select_layer", -2))
+        select = {
+            "select_layer": hf.get("mm_vision_select_layer", -2),
+            "select_feature": hf.get("mm_vision_select_feature", "patch"),
+        }
+        if "vision_config" in hf:
+            vision = _vision_from_hf(hf["vision_config"], select)
+        else:
+            tower = hf.get("mm_vision_tower", "openai/clip-vit-large-patch14-336")
+            if not isinstance(tower, str) or "336" not in tower or "large" not in tower:
+                raise ValueError(
+                    f"mm_vision_tower: only CLIP ViT-L/14-336 is described here, config names {tower!r} (describe "
+                    "another CLIP tower in a 'vision_config' object)"
+                )
+            vision = dataclasses.replace(CLIP_L14_336, **select)
         mm_hidden = hf.get("mm_hidden_size", vision.hidden_size)
         if mm_hidden != vision.hidden_size:
             raise ValueError(f"mm_hidden_size: {mm_hidden!r} does not match the CLIP tower's {vision.hidden_size}")
@@ -279,9 +320,13 @@ class LlavaMiniConfig:
             vision=vision,
             text=text,
             compressor_size=hf["compressor_size"] if mini else None,
+            # official build_compressor: num_heads=8, fixed; this reader's field for other towers
+            compressor_heads=hf.get("compressor_num_heads", 8),
             prefusion_layers=hf.get("prefusion_layer_num", 4) if mini else 0,
             resolution_ratio=hf.get("resolution_ratio", 1) if mini else 1,
-            projector_type=hf.get("mm_projector_type", "mlp2x_gelu"),
+            # official build_vision_projector: getattr(config, "mm_projector_type", "linear")
+            projector_type=hf.get("mm_projector_type", "linear"),
+            tokenizer_model_max_length=hf.get("tokenizer_model_max_length"),
         )
 
     @classmethod
@@ -304,17 +349,44 @@ _HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_la
 _HF_READ = frozenset(_HF_REQUIRED) | {
     "num_key_value_heads", "rope_theta", "rope_scaling", "rms_norm_eps", "max_position_embeddings", "pad_token_id",
     "mm_vision_tower", "mm_vision_select_layer", "mm_hidden_size", "compressor_size", "prefusion_layer_num",
-    "resolution_ratio", "mm_projector_type",
+    "resolution_ratio", "mm_projector_type", "mm_vision_select_feature", "tokenizer_model_max_length",
+    "vision_config", "compressor_num_heads",
 }  # fmt: skip
 _HF_IGNORED = frozenset({
     "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path", "use_cache",
     "bos_token_id", "eos_token_id", "hidden_act", "initializer_range", "attention_bias", "attention_dropout",
     "mlp_bias", "pretraining_tp", "tie_word_embeddings", "head_dim", "freeze_mm_mlp_adapter", "image_aspect_ratio",
     "mm_patch_merge_type", "mm_projector_lr", "mm_use_im_patch_token", "mm_use_im_start_end",
-    "mm_vision_select_feature", "tokenizer_model_max_length", "tokenizer_padding_side", "tune_mm_mlp_adapter",
+    "tokenizer_padding_side", "tune_mm_mlp_adapter",
     "use_mm_proj", "image_grid_pinpoints", "unfreeze_mm_vision_tower", "mm_vision_tower_lr", "temporal_size",
     "cache_dir", "model_max_length",
 })  # fmt: skip
+
+#: ``vision_config`` field (HF ``CLIPVisionConfig``) -> :class:`VisionConfig` field.
+_HF_VISION_FIELDS = {
+    "image_size": "image_size", "patch_size": "patch_size", "hidden_size": "hidden_size",
+    "intermediate_size": "intermediate_size", "num_hidden_layers": "num_layers",
+    "num_attention_heads": "num_heads", "num_channels": "num_channels", "layer_norm_eps": "layer_norm_eps",
+}  # fmt: skip
+_HF_VISION_IGNORED = frozenset({"model_type", "hidden_act", "projection_dim", "attention_dropout", "dropout",
+                                "initializer_range", "initializer_factor", "torch_dtype", "dtype"})  # fmt: skip
+
+
+def _vision_from_hf(vc: object, select: dict) -> VisionConfig:
+    """A :class:`VisionConfig` from a ``vision_config`` object; every field is required except
+    ``num_channels`` (3) and ``layer_norm_eps`` (1e-5); ``hidden_act`` must be quick_gelu."""
+    if not isinstance(vc, dict):
+        raise ValueError(f"vision_config: expected an object, got {vc!r}")
+    missing = [k for k in _HF_VISION_FIELDS if k not in vc and k not in ("num_channels", "layer_norm_eps")]
+    if missing:
+        raise ValueError(f"vision_config: missing required field(s) {', '.join(missing)}")
+    unknown = sorted(k for k in vc if k not in _HF_VISION_FIELDS and k not in _HF_VISION_IGNORED)
+    if unknown:
+        raise ValueError(f"vision_config: unknown field(s) {', '.join(unknown)}")
+    if vc.get("hidden_act", "quick_gelu") != "quick_gelu":
+        raise ValueError(f"vision_config.hidden_act: only 'quick_gelu' (CLIP's) is built, got {vc['hidden_act']!r}")
+    return VisionConfig(**{ours: vc[hf] for hf, ours in _HF_VISION_FIELDS.items() if hf in vc}, **select)
+
 
 CLIP_L14_336 = VisionConfig()
 VICUNA_7B = TextConfig()

@@ -15,7 +15,8 @@ the paper; see each method's docstring.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -29,7 +30,9 @@ from .clip import CLIPVisionTower
 from .config import IMAGE_TOKEN_INDEX, LlavaMiniConfig
 from .llama import KVCache, RotaryEmbedding, cached_attention, decoder_layer
 
-__all__ = ["LlavaMini", "LlavaMiniModel", "Resampler", "retile_hd", "MultimodalInputs", "StageModule"]
+__all__ = [
+    "LlavaMini", "LlavaMiniModel", "Resampler", "retile_hd", "MultimodalInputs", "StageModule", "sample_next_token",
+]  # fmt: skip
 
 
 class Resampler(nn.Module):
@@ -73,9 +76,15 @@ class Resampler(nn.Module):
         return lmini_kernels.compress(x, w, need_weights=need_weights, backend=backend)
 
 
-def build_projector(in_dim: int, out_dim: int) -> nn.Sequential:
-    """``mlp2x_gelu``: Linear -> GELU -> Linear (keys ``mm_projector.0.*`` and ``mm_projector.2.*``)."""
-    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+def build_projector(in_dim: int, out_dim: int, projector_type: str = "mlp2x_gelu") -> nn.Module:
+    """The official ``build_vision_projector``: ``mlp2x_gelu`` is Linear -> GELU -> Linear (keys
+    ``mm_projector.0.*`` and ``mm_projector.2.*``); ``linear`` one Linear (``mm_projector.weight``,
+    ``mm_projector.bias``)."""
+    if projector_type == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if projector_type == "mlp2x_gelu":
+        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+    raise ValueError(f"projector_type: expected 'linear' or 'mlp2x_gelu', got {projector_type!r}")
 
 
 def retile_hd(features: torch.Tensor, ratio: int) -> torch.Tensor:
@@ -126,7 +135,7 @@ class LlavaMiniModel(nn.Module):
         self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(t)  # no parameters; shared by LLM and pre-fusion
         self.vision_tower = CLIPVisionTower(v)
-        self.mm_projector = build_projector(v.hidden_size, t.hidden_size)
+        self.mm_projector = build_projector(v.hidden_size, t.hidden_size, config.projector_type)
         if config.is_mini:
             self.prefusion_layers = nn.ModuleList(decoder_layer(t) for _ in range(config.prefusion_layers))
             # official: Resampler(grid_size=C, embed_dim=1024 (= CLIP width), num_heads=8)
@@ -457,6 +466,10 @@ class LlavaMini(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dispatch image / HD / video -> (vision tokens (B, V, hidden), text features (B, L, hidden)).
 
+        ``images`` may also be an iterable of consecutive video chunks (B, t, parts, 3, H, W)
+        (e.g. :func:`llava_mini.video.stream_video` chunks with a batch axis added), read lazily
+        through :meth:`encode_video_sum`, each chunk checked as :meth:`check_inputs` checks a video.
+
         Video (6-D images): like the official code, every frame runs the full per-image path
         with the same text; vision tokens are concatenated in frame order and the fused text is
         the float32 mean over frames, cast back. On the official pre-fusion path (``prefusion``
@@ -464,6 +477,10 @@ class LlavaMini(nn.Module):
         path in batched chunks (:meth:`encode_video_fused`).
         """
         fused = self._fused_prefusion_on(prefusion)
+        if not isinstance(images, torch.Tensor):  # a video as an iterable of chunks
+            checked = self._checked_chunks(images, input_ids.shape[0])
+            tokens, text_sum, frames = self.encode_video_sum(input_ids, checked, prefusion=prefusion)
+            return tokens, self.video_text_mean(text_sum, frames)
         if images.dim() == 4:
             images = images.unsqueeze(1)
         if self.config.is_mini:
@@ -516,9 +533,21 @@ class LlavaMini(nn.Module):
         empty = (~attention_mask.any(-1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"attention_mask: sample {empty[0]} has no True position (nothing to attend to)")
-        if images is not None:
+        if isinstance(images, torch.Tensor):
             self._check_images(images, b)
+        elif images is not None and (isinstance(images, (str, bytes)) or not isinstance(images, Iterable)):
+            raise ValueError(f"images: expected a tensor or an iterable of video chunks, got {type(images).__name__}")
         return attention_mask
+
+    def _checked_chunks(self, chunks: Iterable[torch.Tensor], batch: int) -> Iterator[torch.Tensor]:
+        if isinstance(chunks, (str, bytes)) or not isinstance(chunks, Iterable):
+            raise ValueError(f"images: expected a tensor or an iterable of video chunks, got {type(chunks).__name__}")
+        for i, chunk in enumerate(chunks):
+            if not isinstance(chunk, torch.Tensor) or chunk.dim() != 6:
+                got = tuple(chunk.shape) if isinstance(chunk, torch.Tensor) else type(chunk).__name__
+                raise ValueError(f"images: video chunk {i}: expected a tensor (B, t, parts, 3, H, W), got {got}")
+            self._check_images(chunk, batch)
+            yield chunk
 
     def _check_images(self, images: torch.Tensor, batch: int) -> None:
         if not isinstance(images, torch.Tensor):
@@ -551,7 +580,12 @@ class LlavaMini(nn.Module):
             raise ValueError("images: NaN or inf pixels (every output would be poisoned); check the preprocessing")
 
     def prepare_inputs(
-        self, input_ids: torch.Tensor, images: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        images: torch.Tensor | Iterable[torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        prefusion: str = "auto",
     ) -> MultimodalInputs:
         """Splice the vision tokens into the text at the image placeholder (``IMAGE_TOKEN_INDEX``).
 
@@ -559,13 +593,17 @@ class LlavaMini(nn.Module):
         the vision tokens (a sample without placeholder gets none), right-pad the batch with
         zeros; position ids count 0.. over the real tokens. Matches the official
         ``prepare_inputs_labels_for_multimodal`` for inference with right padding. At most one
-        placeholder per sample (one image or one video).
+        placeholder per sample (one image or one video). With the config's
+        ``tokenizer_model_max_length`` set, each spliced sample is cut to that many tokens (its
+        end dropped), as the official code does. ``images`` and ``prefusion`` as in
+        :meth:`encode_multimodal` (a video may be an iterable of chunks).
         """
         attention_mask = self.check_inputs(input_ids, images, attention_mask)
         if images is None:
             vision, text = None, self.embed(input_ids)
         else:
-            vision, text = self.encode_multimodal(input_ids, images)
+            vision, text = self.encode_multimodal(input_ids, images, prefusion=prefusion)
+        limit = self.config.tokenizer_model_max_length
         seqs = []
         for i in range(input_ids.shape[0]):
             ids, feats = input_ids[i][attention_mask[i]], text[i][attention_mask[i]]
@@ -577,7 +615,7 @@ class LlavaMini(nn.Module):
             if where:
                 p = where[0]
                 feats = torch.cat([feats[:p], vision[i].to(feats.dtype), feats[p + 1 :]])
-            seqs.append(feats)
+            seqs.append(feats if limit is None else feats[:limit])
         n = max(s.shape[0] for s in seqs)
         embeds = text.new_zeros(len(seqs), n, text.shape[-1])
         mask = torch.zeros(len(seqs), n, dtype=torch.bool, device=text.device)
@@ -616,29 +654,95 @@ class LlavaMini(nn.Module):
     def generate(
         self,
         input_ids: torch.Tensor,
-        images: torch.Tensor | None = None,
+        images: torch.Tensor | Iterable[torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
         max_new_tokens: int = 16,
-        eos_token_id: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
         inputs: MultimodalInputs | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        streamer: Callable[[torch.Tensor], object] | None = None,
     ) -> torch.Tensor:
-        """Greedy decoding with a KV cache -> new token ids (B, max_new_tokens).
+        """Decoding with a KV cache -> new token ids (B, max_new_tokens); :meth:`generate_stream`
+        step by step.
+
+        Greedy (argmax) by default. ``do_sample=True`` draws each token from
+        ``softmax(logits / temperature)`` restricted to the top-p nucleus
+        (:func:`sample_next_token`), with ``generator`` (on the model's device) for
+        reproducible draws. ``eos_token_id``: one id or several (Llama 3.1 stops on any of
+        ``<|eot_id|>``, ``<|eom_id|>``, ``<|end_of_text|>``); after one, a sample emits
+        ``pad_token_id``; decoding stops early when every sample has ended (the remaining
+        columns are ``pad_token_id``). ``streamer`` is called with each step's new tokens (B,)
+        as they are produced. ``inputs`` may pass an already prepared :class:`MultimodalInputs`
+        (to time the stages separately).
+        """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+        if streamer is not None and not callable(streamer):
+            raise ValueError(f"streamer: expected a callable taking the (B,) new tokens, got {streamer!r}")
+        steps = self.generate_stream(
+            input_ids,
+            images,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            inputs=inputs,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            generator=generator,
+        )
+        tokens = []
+        for token in steps:
+            tokens.append(token)
+            if streamer is not None:
+                streamer(token)
+        b = (inputs.inputs_embeds if inputs is not None else input_ids).shape[0]  # checked by now
+        out = torch.full((b, max_new_tokens), self.config.text.pad_token_id, dtype=torch.long, device=self.device)
+        if tokens:
+            out[:, : len(tokens)] = torch.stack(tokens, dim=1)
+        return out
+
+    @torch.no_grad()
+    def generate_stream(
+        self,
+        input_ids: torch.Tensor,
+        images: torch.Tensor | Iterable[torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 16,
+        eos_token_id: int | Sequence[int] | None = None,
+        inputs: MultimodalInputs | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """The tokens of :meth:`generate` as an iterator: one (B,) tensor per step, yielded as
+        soon as it is decoded (a finished sample's entry is ``pad_token_id``); it ends after
+        ``max_new_tokens`` steps or when every sample has emitted an end-of-sequence id. The
+        arguments are checked, and the prompt prefilled, at the first ``next``.
 
         Prefill runs over the spliced sequence (pre-fusion runs only here; decode steps skip
         it, as officially). Samples of different lengths share cache slots: each new token
         goes to the next slot after the padded prompt, with the sample's own next position
-        id, and padded slots are masked, so every sample decodes as if alone. After
-        ``eos_token_id`` a sample emits ``pad_token_id``. ``inputs`` may pass an already
-        prepared :class:`MultimodalInputs` (to time the stages separately).
+        id, and padded slots are masked, so every sample decodes as if alone.
         """
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+        eos = _eos_ids(eos_token_id, self.config.text.vocab_size)
+        if not isinstance(do_sample, bool):
+            raise ValueError(f"do_sample: expected True or False, got {do_sample!r}")
+        if do_sample:
+            _check_sampling(temperature, top_p, generator)
         mm = inputs if inputs is not None else self.prepare_inputs(input_ids, images, attention_mask)
         b, n, _ = mm.inputs_embeds.shape
         t = self.config.text
         if max_new_tokens == 0:
-            return torch.empty(b, 0, dtype=torch.long, device=self.device)
+            return
         longest = int(mm.attention_mask.sum(-1).max())
         if longest + max_new_tokens > t.max_position_embeddings:
             raise ValueError(
@@ -655,26 +759,71 @@ class LlavaMini(nn.Module):
         lengths = mm.attention_mask.sum(-1)
         logits = self.decode(mm.inputs_embeds, mm.position_ids, key_valid, caches, 0)
         last = logits[torch.arange(b, device=logits.device), lengths - 1]
-        out = torch.full((b, max_new_tokens), t.pad_token_id, dtype=torch.long, device=self.device)
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
+        pad = torch.full((b,), t.pad_token_id, dtype=torch.long, device=self.device)
         for step in range(max_new_tokens):
-            token = last.argmax(-1)
-            out[:, step] = torch.where(done, torch.full_like(token, t.pad_token_id), token)
-            if eos_token_id is not None:
-                done |= token == eos_token_id
+            if do_sample:
+                token = sample_next_token(last, temperature=temperature, top_p=top_p, generator=generator)
+            else:
+                token = last.argmax(-1)
+            yield torch.where(done, pad, token)
+            if eos is not None:
+                done |= torch.isin(token, eos.to(token.device))
                 if bool(done.all()):
-                    break
+                    return
             if step + 1 == max_new_tokens:
-                break
+                return
             key_valid[:, n + step] = True
             pos = (lengths + step)[:, None]
             last = self.decode(self.model.embed_tokens(token[:, None]), pos, key_valid, caches, n + step)[:, -1]
-        return out
 
     @staticmethod
     def llm_vision_tokens(config: LlavaMiniConfig, frames: int = 1) -> int:
         """Vision tokens reaching the LLM for one image or a video of ``frames`` frames."""
         return frames * config.llm_tokens_per_image
+
+
+def _eos_ids(eos_token_id: int | Sequence[int] | None, vocab: int) -> torch.Tensor | None:
+    """``eos_token_id`` (None, an id or a non-empty sequence of ids in [0, vocab)) as a 1-D tensor."""
+    if eos_token_id is None:
+        return None
+    ids = [eos_token_id] if isinstance(eos_token_id, int) and not isinstance(eos_token_id, bool) else eos_token_id
+    ok = isinstance(ids, Sequence) and not isinstance(ids, (str, bytes)) and len(ids) > 0
+    ok = ok and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids)
+    if not ok:
+        raise ValueError(
+            f"eos_token_id: expected an id or a non-empty list of ids in [0, {vocab}), got {eos_token_id!r}"
+        )
+    return torch.tensor(list(ids), dtype=torch.long)
+
+
+def _check_sampling(temperature: float, top_p: float, generator: torch.Generator | None) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
+        raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
+    if temperature <= 0:
+        raise ValueError(f"temperature: expected > 0 when sampling (use do_sample=False for greedy), got {temperature}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p: expected a number in (0, 1], got {top_p!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+
+
+def sample_next_token(
+    logits: torch.Tensor, *, temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One token per row of ``logits`` (B, vocab) -> (B,) int64, drawn from
+    ``p = softmax(logits / temperature)`` (in float32) restricted to the top-p nucleus: the
+    most probable tokens, in decreasing order, up to and including the first whose cumulative
+    probability reaches ``top_p`` (the most probable token is always kept), renormalised.
+    ``generator`` must be on ``logits``' device."""
+    _check_sampling(temperature, top_p, generator)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass of the more probable tokens
+        sorted_p = sorted_p.masked_fill(before >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 def num_parameters(module: nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""The ``lmini`` command: ``info``, ``demo``, ``bench`` and ``profile``.
+"""The ``lmini`` command: ``info``, ``demo``, ``bench``, ``profile``, ``video-dist`` and ``chat``.
 
 Subcommands import their modules lazily, so ``lmini info`` stays fast and works with a
 partial install.
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("bench", "lmini_tools.bench.cli", "kernel benchmarks beside their baselines"),
         ("profile", "lmini_tools.profiling.cli", "FLOPs, memory and roofline suites"),
         ("video-dist", "lmini_tools.video_dist", "a video's frames sharded over torchrun ranks, checked against one"),
+        ("chat", "lmini_tools.chat", "ask a checkpoint folder a question about an image or a video"),
     ):
         # the subcommand's own parser reads the rest (its --help included)
         p = sub.add_parser(name, help=help_, add_help=False)

@@ -1,6 +1,7 @@
 """``lmini demo``: the reference model end to end on synthetic inputs, with per-stage times.
 
-Runs LLaVA-Mini (default: the ``tiny`` config, random weights) and the matching LLaVA-v1.5
+Runs LLaVA-Mini (default: the ``tiny`` config, random weights; ``--model DIR``: a checkpoint
+folder's config and weights, e.g. ``llava_mini.tiny_checkpoint``'s) and the matching LLaVA-v1.5
 baseline (same CLIP and LLM, no compressor, no pre-fusion) on a synthetic image and a
 16-frame synthetic video, with the fastest available backends (``backend="auto"``), and
 prints per-stage times and how many vision tokens reach the LLM. No download, no network.
@@ -13,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,7 @@ from torch import nn
 import lmini_kernels
 from llava_mini.config import IMAGE_TOKEN_INDEX, LlavaMiniConfig
 from llava_mini.model import LlavaMini
-from lmini_tools.args import BACKENDS, DEVICES, DTYPES, positive_int, resolve_device
+from lmini_tools.args import BACKENDS, DEVICES, DTYPES, UsageError, positive_int, resolve_device
 
 STAGES = ("vision tower", "compressor", "projector", "pre-fusion", "LLM prefill", "decode / token")
 TINY = ("tiny", "tiny-c2", "tiny-hd", "tiny-llama3")
@@ -129,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``lmini demo``; returns the exit status."""
     p = argparse.ArgumentParser(prog="lmini demo", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny", choices=TINY, help="a tiny LLaVA-Mini config (random weights)")
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="a LLaVA-Mini checkpoint folder instead of --config (e.g. llava_mini.tiny_checkpoint's); "
+                        "the LLaVA-v1.5 column gets random weights of its shapes")  # fmt: skip
     p.add_argument("--frames", type=positive_int, default=16, help="frames of the synthetic video")
     p.add_argument("--text-tokens", type=_prompt_length, default=12, help="prompt length (the placeholder included)")
     p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens to generate greedily")
@@ -142,7 +147,14 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device(resolve_device(args.device))
     dtype = getattr(torch, args.dtype)
-    cfg = LlavaMiniConfig.from_name(args.config)
+    if args.model is not None:
+        from lmini_tools.chat import read_checkpoint_config
+
+        cfg = read_checkpoint_config(Path(args.model))
+        if not cfg.is_mini:
+            raise UsageError(f"--model {args.model}: not a LLaVA-Mini checkpoint (config.json has no compressor_size)")
+    else:
+        cfg = LlavaMiniConfig.from_name(args.config)
     base_cfg = cfg.replace(
         name=cfg.name + " (LLaVA-v1.5)", compressor_size=None, prefusion_layers=0, resolution_ratio=1
     )
@@ -150,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     models = {}
     for label, c in (("LLaVA-v1.5", base_cfg), ("LLaVA-Mini", cfg)):
-        model = LlavaMini(c, backend=args.backend).init_random_weights(args.seed)
+        if label == "LLaVA-Mini" and args.model is not None:
+            model = LlavaMini.from_pretrained(args.model, c, dtype=dtype, device=str(device), backend=args.backend)
+        else:
+            model = LlavaMini(c, backend=args.backend).init_random_weights(args.seed)
         models[label] = model.to(device=device, dtype=dtype).eval()
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -170,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cols = [(n, label) for n in inputs for label in models]
     print(f"lmini demo: config {cfg.name} (C={cfg.compressor_size}, {cfg.prefusion_layers} pre-fusion layers,")
-    print(f"  resolution_ratio={cfg.resolution_ratio}), random weights (seed {args.seed}), {device.type}, {args.dtype}")
+    weights = f"weights from {args.model}" if args.model else f"random weights (seed {args.seed})"
+    print(f"  resolution_ratio={cfg.resolution_ratio}), {weights}, {device.type}, {args.dtype}")
     for op in ("compress", "prefusion_attention"):
         print(f"  {op}: backend={args.backend}, available here: {', '.join(lmini_kernels.available_backends(op))}")
     w, first = 13, 22

@@ -25,3 +25,19 @@ def gen() -> torch.Generator:
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
     print(f"generator seed: {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    """``tiny_checkpoint(name)``: a tiny checkpoint folder (:func:`make_tiny_checkpoint`, seed 0),
+    written once per name and session."""
+    from llava_mini.tiny_checkpoint import make_tiny_checkpoint
+
+    made: dict[str, Path] = {}
+
+    def get(name: str = "tiny") -> Path:
+        if name not in made:
+            made[name] = make_tiny_checkpoint(tmp_path_factory.mktemp(f"ckpt-{name}"), name)
+        return made[name]
+
+    return get

@@ -81,6 +81,30 @@ def test_demo_main_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert real["llava-mini-hd-vicuna-7b"] == "64"
 
 
+def test_demo_on_a_checkpoint_folder(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llava_mini.tiny_checkpoint import make_tiny_checkpoint
+    from lmini_tools.cli import main as lmini_main
+
+    def generated(argv: list[str]) -> tuple[str, dict[str, str]]:
+        assert demo.main([*argv, "--frames", "2", "--new-tokens", "4"]) == 0
+        out = capsys.readouterr().out
+        rows = [line.split(":") for line in out.splitlines() if line.startswith("generated")]
+        return out, {r[0]: r[1] for r in rows}
+
+    folder = make_tiny_checkpoint(tmp_path / "c2", "tiny-c2", seed=3, std=0.3)
+    out, loaded = generated(["--model", str(folder)])
+    assert f"weights from {folder}" in out
+    row = next(line for line in out.splitlines() if line.startswith("vision tokens -> LLM"))
+    assert row.split()[-4:] == ["16", "4", "32", "8"]  # the folder's C = 2
+    _, named = generated(["--config", "tiny-c2"])
+    mini = [k for k in loaded if "LLaVA-Mini" in k]
+    assert len(mini) == 2 and any(loaded[k] != named[k] for k in mini)  # the folder's weights, not random ones
+    assert all(loaded[k] == named[k] for k in loaded if k not in mini)  # the baseline: random, same seed
+    base = make_tiny_checkpoint(tmp_path / "base", "tiny-baseline")
+    assert lmini_main(["demo", "--model", str(base)]) == 2
+    assert "not a LLaVA-Mini checkpoint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [(["--backend", "foo"], "invalid choice"), (["--frames", "0"], "positive integer"),
