@@ -586,6 +586,7 @@ class LlavaMini(nn.Module):
         attention_mask: torch.Tensor | None = None,
         *,
         prefusion: str = "auto",
+        encoded: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> MultimodalInputs:
         """Splice the vision tokens into the text at the image placeholder (``IMAGE_TOKEN_INDEX``).
 
@@ -596,10 +597,22 @@ class LlavaMini(nn.Module):
         placeholder per sample (one image or one video). With the config's
         ``tokenizer_model_max_length`` set, each spliced sample is cut to that many tokens (its
         end dropped), as the official code does. ``images`` and ``prefusion`` as in
-        :meth:`encode_multimodal` (a video may be an iterable of chunks).
+        :meth:`encode_multimodal` (a video may be an iterable of chunks). ``encoded``: the
+        (vision tokens (B, V, hidden), text features (B, L, hidden)) that
+        :meth:`encode_multimodal` would return, computed elsewhere (e.g. by
+        :func:`llava_mini.distributed.encode_video_distributed`); then ``images`` must be None.
         """
         attention_mask = self.check_inputs(input_ids, images, attention_mask)
-        if images is None:
+        if encoded is not None:
+            if images is not None:
+                raise ValueError("encoded: pass either images or their encoding, not both")
+            vision, text = encoded
+            if text.shape[:2] != input_ids.shape or vision.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"encoded: expected (vision (B, V, hidden), text {tuple(input_ids.shape)} + (hidden,)), got "
+                    f"{tuple(vision.shape)} and {tuple(text.shape)}"
+                )
+        elif images is None:
             vision, text = None, self.embed(input_ids)
         else:
             vision, text = self.encode_multimodal(input_ids, images, prefusion=prefusion)

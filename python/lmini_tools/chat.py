@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=positive_int, default=None, help="at most this many video frames")
     p.add_argument("--chunk-frames", type=positive_int, default=8, help="video frames decoded and encoded per chunk")
     p.add_argument(
+        "--dist-timeout",
+        type=positive_float,
+        default=300.0,
+        help="under torchrun: seconds a collective may wait for a rank before every rank fails",
+    )
+    p.add_argument(
         "--conv-mode",
         default=None,
         choices=("vicuna_v1", "llava_llama_3_1"),
@@ -144,6 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.model)
     cfg = read_checkpoint_config(folder)
     device = torch.device(resolve_device(args.device))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun: the video's frames are sharded over the ranks
+        if args.video is None:
+            raise UsageError("torchrun: lmini chat shards the frames of a --video over the ranks; give --video FILE")
+        if args.compare_official_path:
+            raise UsageError("--compare-official-path: run it in one process, not under torchrun")
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=args.dist_timeout)
+        )
+    rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
     dtype = getattr(torch, args.dtype)
     tok = load_tokenizer(folder)
     template = args.conv_mode or default_template(tok)
@@ -163,6 +186,30 @@ def main(argv: list[str] | None = None) -> int:
             return (c[None].to(device) for c in chunks)
         return None
 
+    def encode(path: str):
+        """The spliced LLM input on this rank (None on the ranks that only encode frames)."""
+        if world == 1:
+            return model.prepare_inputs(ids, media(), prefusion=path)
+        from llava_mini.distributed import encode_video_distributed, frame_share
+        from llava_mini.video import probe_video, sampled_frame_indices
+
+        info = probe_video(args.video)
+        share = frame_share(
+            len(sampled_frame_indices(info.num_frames, info.fps, max_frames=args.max_frames)), rank, world
+        )
+
+        def mine():  # this rank's consecutive frames; every rank decodes, each encodes its own share
+            t = 0
+            for c in media():
+                lo, hi = t, t + c.shape[1]
+                t = hi
+                a, b = max(lo, share.start), min(hi, share.stop)
+                if a < b:
+                    yield c[:, a - lo : b - lo]
+
+        enc = encode_video_distributed(model, ids, mine(), dst=0, prefusion=path)
+        return None if enc is None else model.prepare_inputs(ids, None, encoded=enc)
+
     t0 = time.perf_counter()
     model = LlavaMini.from_pretrained(str(folder), cfg, dtype=dtype, device=str(device), backend=args.backend)
     load_ms = (time.perf_counter() - t0) * 1e3
@@ -173,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         gen = torch.Generator(device=device).manual_seed(args.seed) if sample else None
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         start = time.perf_counter()
-        mm = model.prepare_inputs(ids, media(), prefusion=path)
+        mm = encode(path)
         sync()
         encoded = time.perf_counter()
+        if mm is None:  # a rank that only encoded its share of the frames
+            return "", (encoded - start) * 1e3, 0.0, 0
         model.generate(
             ids,
             inputs=mm,
@@ -192,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         return printer.finish(), (encoded - start) * 1e3, (done - encoded) * 1e3, len(printer.ids)
 
     what = "image" if args.image else "video" if args.video else "text only"
+    if world > 1:
+        what += f" sharded over {world} ranks ({'nccl' if device.type == 'cuda' else 'gloo'})"
+        if rank != 0:  # encode this rank's frames, take part in the collectives, print nothing
+            try:
+                answer("auto", open(os.devnull, "w"), args.max_new_tokens)  # noqa: SIM115
+            finally:
+                torch.distributed.destroy_process_group()
+            return 0
     print(
         f"lmini chat: {folder.name} ({cfg.num_queries or cfg.vision.num_features} vision tokens per "
         f"{'frame' if args.video else 'image'}), {what}, template {template}, backend {args.backend}, "
@@ -226,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         if main_label == "official":
             line += " (--backend reference: both runs take the official path; pick another backend to compare)"
         print(line, file=sys.stderr)
+    if world > 1:
+        torch.distributed.destroy_process_group()
     return 0
 
 

@@ -169,3 +169,21 @@ def test_streamed_text_waits_for_whole_characters_and_stops_at_eos() -> None:
     assert "\ufffd" not in "".join(shown)
     assert shown[:4] == ["h", "h", "hé", "hé "]  # the two bytes of é appear together
     assert printer.finish() == "hé ü" and out.getvalue() == "hé ü\n"
+
+
+def test_video_sharded_over_torchrun_ranks(media) -> None:
+    """``torchrun --nproc-per-node 2 -m lmini_tools.cli chat --video``: the 3 sampled frames are
+    split 2 + 1 over gloo ranks and rank 0 prints the single-process answer (greedy)."""
+    folder = media["tiny-llama3"]
+    args = ("--model", str(folder), "--video", str(media["mp4"]), "What happens?", "--max-new-tokens", "8",
+            "--chunk-frames", "2", "--dist-timeout", "60")  # fmt: skip
+    single = chat(*args)
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "python")])}  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "lmini_tools.cli", "chat", *args]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == single.stdout.strip() and single.stdout.strip()
+    assert "sharded over 2 ranks (gloo)" in out.stderr
