@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
-import torch.nn.functional as F
 
 from lmini_kernels.checks import square_side
 
@@ -37,12 +37,30 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _bicubic_weights(src: int, tgt: int) -> torch.Tensor:
-    """(tgt, src) float32: the 1-D weights of F.interpolate's bicubic resize (align_corners=False)
-    from ``src`` to ``tgt`` samples, read off by resizing the identity (they depend on the sizes
-    only, so caching them is always safe)."""
-    eye = torch.eye(src, dtype=torch.float32).reshape(src, 1, 1, src)
-    return F.interpolate(eye, size=(1, tgt), mode="bicubic", align_corners=False).reshape(src, tgt).t().contiguous()
+def _bicubic_weights(src: int, tgt: int) -> tuple[tuple[float, ...], ...]:
+    """(tgt x src) 1-D weights of PyTorch's bicubic resize (``upsample_bicubic2d``,
+    align_corners=False: source x = (i + 0.5) * src / tgt - 0.5, the cubic convolution kernel
+    with A = -0.75, taps clamped to the border) from ``src`` to ``tgt`` samples. Plain Python
+    floats: they depend on the sizes only, so the cache is safe under fake tensors, meta
+    devices and torch.compile (no tensor is cached)."""
+    a = -0.75
+
+    def near(t: float) -> float:  # |t| <= 1
+        return ((a + 2) * t - (a + 3)) * t * t + 1
+
+    def far(t: float) -> float:  # 1 < |t| < 2
+        return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+
+    rows = []
+    for i in range(tgt):
+        x = (i + 0.5) * src / tgt - 0.5
+        x0 = math.floor(x)
+        t = x - x0
+        row = [0.0] * src
+        for k, w in zip(range(x0 - 1, x0 + 3), (far(t + 1), near(t), near(1 - t), far(2 - t)), strict=True):
+            row[min(max(k, 0), src - 1)] += w
+        rows.append(tuple(row))
+    return tuple(rows)
 
 
 def compress_positions(pos_embed: torch.Tensor, n: int) -> torch.Tensor:
@@ -58,7 +76,7 @@ def compress_positions(pos_embed: torch.Tensor, n: int) -> torch.Tensor:
     tgt = square_side(n, "n")
     if src == tgt:
         return pos_embed
-    w = _bicubic_weights(src, tgt).to(pos_embed.device)
+    w = torch.tensor(_bicubic_weights(src, tgt), dtype=torch.float32, device=pos_embed.device)
     grid = pos_embed.float().reshape(src, src, -1)
     rows = torch.matmul(w, grid.reshape(src, -1)).reshape(tgt, src, -1)  # resize along y: (tgt, src, D)
     out = torch.matmul(w, rows)  # then along x, row by row: (tgt, tgt, D)
