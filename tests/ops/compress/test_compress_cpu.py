@@ -248,3 +248,16 @@ def test_every_isa_path(monkeypatch, isa, dim, k_rows):
 @pytest.mark.parametrize(("backend", "algorithm"), [("reference", "auto"), ("cpu", "folded"), ("cpu", "projected")])
 def test_layernorm_eps_reaches_the_numbers(backend, algorithm):
     check_eps_numbers(backend, algorithm=algorithm)
+
+
+@pytest.mark.parametrize(("src", "tgt"), [(1, 24), (2, 5), (3, 13), (8, 48), (24, 13), (9, 2), (5, 1)])
+def test_key_positions_match_torch_bicubic(src, tgt):
+    """compress_positions' separable matmul form against F.interpolate's bicubic resize (the
+    official get_abs_pos), up- and downsampling, on a random table."""
+    import torch.nn.functional as F
+
+    pe = randn(src * src, 40)
+    grid = pe.reshape(1, src, src, -1).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(tgt, tgt), mode="bicubic", align_corners=False)
+    want = want.permute(0, 2, 3, 1).reshape(tgt * tgt, -1)
+    assert_close(lk.compress_positions(pe, tgt * tgt), want, dtype=torch.float32)
