@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -45,19 +47,22 @@ def check_same(names_tensors: Iterable[tuple[str, torch.Tensor | None]], *, dtyp
             raise TypeError(f"{n} has dtype {t.dtype} but {n0} has {t0.dtype}; all inputs must share one dtype")
 
 
-def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum`` (bools and floats refused), else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return value
+def check_int(name: str, value: object, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """``value`` as an int in [minimum, maximum] (any integral type, bools refused), else a
+    ValueError naming ``name``, the allowed range and the value."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < minimum or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name}: expected an int {allowed}, got {value!r}")
+    return int(value)
 
 
-def check_eps(name: str, value: object) -> float:
-    """A normalisation epsilon: a finite float > 0, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < float("inf")):
-        raise ValueError(f"{name}: expected a finite float > 0, got {value!r}")
+def check_positive_float(name: str, value: object) -> float:
+    """``value`` as a finite float > 0 (an epsilon, a RoPE base, a scale factor), else a
+    ValueError naming ``name``."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not (0 < float(value) < math.inf):
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return float(value)
 
 

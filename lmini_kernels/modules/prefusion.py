@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 import lmini_kernels
-from lmini_kernels.checks import check_eps, check_positive_int
+from lmini_kernels.checks import check_int, check_positive_float
 from lmini_kernels.modules.llama import LlamaDecoderLayer, rope_tables
 
 __all__ = ["FusedPreFusion", "PrefusionCache"]
@@ -96,8 +96,8 @@ class FusedPreFusion(nn.Module):
         super().__init__()
         for name, value in [("hidden_size", hidden_size), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads),
                             ("intermediate_size", intermediate_size), ("num_layers", num_layers)]:  # fmt: skip
-            check_positive_int(name, value)
-        check_eps("rms_norm_eps", rms_norm_eps)
+            check_int(name, value)
+        check_positive_float("rms_norm_eps", rms_norm_eps)
         if hidden_size % num_heads or num_heads % num_kv_heads:
             raise ValueError(
                 f"hidden_size ({hidden_size}) must divide into num_heads ({num_heads}) and num_heads into "

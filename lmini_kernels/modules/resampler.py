@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmini_kernels.checks import check_positive_int, square_root
+from lmini_kernels.checks import check_int, square_root
 from lmini_kernels.ops.compress.api import compress
 from lmini_kernels.ops.compress.folded import Folded, fold
 from lmini_kernels.ops.compress.positions import compress_positions, get_2d_sincos_pos_embed
@@ -34,11 +34,11 @@ class FusedResampler(nn.Module):
 
     def __init__(self, grid_size: int, embed_dim: int, num_heads: int, kv_dim: int | None = None) -> None:
         super().__init__()
-        check_positive_int("grid_size", grid_size)
-        check_positive_int("embed_dim", embed_dim)
-        check_positive_int("num_heads", num_heads)
+        check_int("grid_size", grid_size)
+        check_int("embed_dim", embed_dim)
+        check_int("num_heads", num_heads)
         if kv_dim is not None:
-            check_positive_int("kv_dim", kv_dim)
+            check_int("kv_dim", kv_dim)
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim: {embed_dim} is not divisible by num_heads = {num_heads}")
         self.grid_size, self.embed_dim, self.num_heads = grid_size, embed_dim, num_heads

@@ -15,9 +15,10 @@ pre-fusion layers follow the official ``build_compressor``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from dataclasses import dataclass, field
+
+from lmini_kernels.checks import check_int, check_positive_float
 
 __all__ = ["VisionConfig", "RopeScaling", "TextConfig", "LlavaMiniConfig", "IMAGE_TOKEN_INDEX"]
 
@@ -32,18 +33,13 @@ SELECT_FEATURES = ("patch", "cls_patch")
 
 def _int(owner: str, name: str, value: object, low: int = 1, high: int | None = None) -> None:
     """A ValueError naming ``owner.name``, its value and the allowed range unless ``value`` is an
-    int (not a bool) in [low, high]."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    if not ok:
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{owner}.{name}: expected an int {allowed}, got {value!r}")
+    int (not a bool) in [low, high] (:func:`lmini_kernels.checks.check_int`)."""
+    check_int(f"{owner}.{name}", value, minimum=low, maximum=high)
 
 
-def _float(owner: str, name: str, value: object, *, low: float = 0.0) -> None:
-    """A ValueError naming ``owner.name`` unless ``value`` is a finite number > ``low``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > low
-    if not ok:
-        raise ValueError(f"{owner}.{name}: expected a finite number > {low}, got {value!r}")
+def _float(owner: str, name: str, value: object) -> None:
+    """A ValueError naming ``owner.name`` unless ``value`` is a finite number > 0."""
+    check_positive_float(f"{owner}.{name}", value)
 
 
 @dataclass(frozen=True)

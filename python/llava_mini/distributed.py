@@ -36,6 +36,8 @@ from collections.abc import Iterable
 import torch
 import torch.distributed as dist
 
+from lmini_kernels.checks import check_int
+
 from .model import LlavaMini
 
 __all__ = ["frame_share", "encode_video_distributed", "DistributedVideoError"]
@@ -56,11 +58,9 @@ def frame_share(frames: int, rank: int, world_size: int) -> range:
 
     The first ``frames % world_size`` ranks get one frame more; with more ranks than frames
     the last ranks get an empty range. The shares, in rank order, tile ``range(frames)``."""
-    for name, v, low in (("frames", frames, 0), ("world_size", world_size, 1)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
-            raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
-    if not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank: expected an int in [0, {world_size}), got {rank!r}")
+    check_int("frames", frames, minimum=0)
+    check_int("world_size", world_size)
+    check_int("rank", rank, minimum=0, maximum=world_size - 1)
     base, extra = divmod(frames, world_size)
     start = rank * base + min(rank, extra)
     return range(start, start + base + (rank < extra))

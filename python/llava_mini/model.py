@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import lmini_kernels
-from lmini_kernels.checks import square_side
+from lmini_kernels.checks import check_int, square_side
 from lmini_kernels.modules.llama import RMSNorm
 
 from .clip import CLIPVisionTower
@@ -692,8 +692,7 @@ class LlavaMini(nn.Module):
         as they are produced. ``inputs`` may pass an already prepared :class:`MultimodalInputs`
         (to time the stages separately).
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
         if streamer is not None and not callable(streamer):
             raise ValueError(f"streamer: expected a callable taking the (B,) new tokens, got {streamer!r}")
         steps = self.generate_stream(
@@ -744,8 +743,7 @@ class LlavaMini(nn.Module):
         goes to the next slot after the padded prompt, with the sample's own next position
         id, and padded slots are masked, so every sample decodes as if alone.
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
         eos = _eos_ids(eos_token_id, self.config.text.vocab_size)
         if not isinstance(do_sample, bool):
             raise ValueError(f"do_sample: expected True or False, got {do_sample!r}")

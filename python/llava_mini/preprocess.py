@@ -39,6 +39,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from lmini_kernels.checks import check_int, check_positive_float
+
 try:
     from PIL import Image, UnidentifiedImageError
 except ImportError as e:  # pragma: no cover - Pillow is pinned in .ci/requirements.txt
@@ -100,13 +102,13 @@ class ImageProcessorConfig:
         if (self.shortest_edge is None) == (self.resize_hw is None):
             raise ValueError("size: expected exactly one of shortest_edge or (height, width)")
         if self.shortest_edge is not None:
-            _positive_int("size.shortest_edge", self.shortest_edge)
+            check_int("size.shortest_edge", self.shortest_edge)
         if self.resize_hw is not None:
             _pair("size", self.resize_hw)
         _pair("crop_size", self.crop_size)
         if isinstance(self.resample, bool) or self.resample not in _RESAMPLE_NAMES:
             raise ValueError(f"resample: expected a PIL filter code {sorted(_RESAMPLE_NAMES)}, got {self.resample!r}")
-        _positive_float("rescale_factor", self.rescale_factor)
+        check_positive_float("rescale_factor", self.rescale_factor)
         _rgb_triple("image_mean", self.image_mean)
         _rgb_triple("image_std", self.image_std)
         if any(s <= 0 for s in self.image_std):
@@ -115,7 +117,7 @@ class ImageProcessorConfig:
     @classmethod
     def for_image_size(cls, size: int) -> ImageProcessorConfig:
         """CLIP's settings with the resize and crop set to ``size`` (e.g. a tiny test model's 28 px)."""
-        _positive_int("size", size)
+        check_int("size", size)
         return cls(shortest_edge=size, crop_size=(size, size))
 
     @classmethod
@@ -206,16 +208,6 @@ def _is_int(v: object) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _positive_int(name: str, v: object) -> None:
-    if not _is_int(v) or v < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-
-
-def _positive_float(name: str, v: object) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name}: expected a positive finite number, got {v!r}")
-
-
 def _pair(name: str, v: object) -> None:
     if not isinstance(v, tuple) or len(v) != 2 or not all(_is_int(x) and x >= 1 for x in v):
         raise ValueError(f"{name}: expected a positive (height, width), got {v!r}")
@@ -264,7 +256,7 @@ def split_image(img: Image.Image, ratio: int) -> list[Image.Image]:
     """The official HD split: ``ratio * ratio`` crops of (w // ratio) x (h // ratio) pixels,
     row-major (crop i*ratio + j has its corner at (j * bw, i * bh); leftover edge pixels are
     dropped), then the whole image last. ``ratio == 1``: ``[img]``."""
-    _positive_int("resolution_ratio", ratio)
+    check_int("resolution_ratio", ratio)
     if ratio == 1:
         return [img]
     w, h = img.size
@@ -377,7 +369,7 @@ class ImagePreprocessor:
     image_aspect_ratio: str = "pad"
 
     def __post_init__(self) -> None:
-        _positive_int("resolution_ratio", self.resolution_ratio)
+        check_int("resolution_ratio", self.resolution_ratio)
         _check_aspect(self.image_aspect_ratio)
 
     @classmethod

@@ -18,13 +18,14 @@ Needs PyAV and Pillow (``pip install lmini-kernels[video]``).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from lmini_kernels.checks import check_int, check_positive_float
 
 try:
     import av
@@ -49,14 +50,10 @@ def sampled_frame_indices(num_frames: int, fps: float, *, max_frames: int | None
     A video shorter than one second (k = 0) makes the official code divide by zero; here it
     takes k = 1, i.e. the single frame ``(T - 1) // 2``.
     """
-    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
-        raise ValueError(f"num_frames: expected a positive integer, got {num_frames!r}")
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps: expected a positive finite number, got {fps!r}")
-    if max_frames is not None and (
-        isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)) or max_frames < 1
-    ):
-        raise ValueError(f"max_frames: expected a positive integer or None, got {max_frames!r}")
+    check_int("num_frames", num_frames)
+    check_positive_float("fps", fps)
+    if max_frames is not None:
+        check_int("max_frames", max_frames)
     total = int(num_frames)
     k = int(total // float(fps))
     if max_frames is not None:
@@ -163,8 +160,7 @@ def stream_video(
     pre = ImagePreprocessor(ImageProcessorConfig()) if preprocessor is None else preprocessor
     if not isinstance(pre, ImagePreprocessor):
         raise TypeError(f"preprocessor: expected an ImagePreprocessor, got {type(pre).__name__}")
-    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
-        raise ValueError(f"chunk_frames: expected a positive integer, got {chunk_frames!r}")
+    check_int("chunk_frames", chunk_frames)
     info = probe_video(path)
     indices = sampled_frame_indices(info.num_frames, info.fps, max_frames=max_frames)
     return _chunks(info, indices, pre, chunk_frames)

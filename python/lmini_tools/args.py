@@ -22,6 +22,17 @@ class UsageError(Exception):
     """A mistake in what the user asked for; the message names the argument."""
 
 
+def add_model_options(
+    parser: argparse.ArgumentParser, *, device: str = "auto", device_help: str = "auto: cuda if present, else cpu"
+) -> None:
+    """The ``--backend``, ``--device`` and ``--dtype`` options of every subcommand that runs the model."""
+    parser.add_argument(
+        "--backend", default="auto", choices=BACKENDS, help="backend of compress / pre-fusion attention"
+    )
+    parser.add_argument("--device", default=device, choices=DEVICES, help=device_help)
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:

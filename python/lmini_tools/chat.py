@@ -25,7 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from lmini_tools.args import BACKENDS, DEVICES, DTYPES, UsageError, positive_float, positive_int, resolve_device
+from lmini_tools.args import (
+    UsageError,
+    add_model_options,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
 
 
 def _temperature(text: str) -> float:
@@ -71,9 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=_temperature, default=0.0, help="0: greedy (default); > 0: sample")
     p.add_argument("--top-p", type=_top_p, default=1.0, help="nucleus of the sampling (with --temperature > 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="backend of compress / pre-fusion attention")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda if present, else cpu")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    add_model_options(p)
     p.add_argument("--compare-official-path", action="store_true",
                    help="also answer on the official per-frame pre-fusion path and print both latencies")  # fmt: skip
     return p

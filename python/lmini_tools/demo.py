@@ -23,7 +23,7 @@ from torch import nn
 import lmini_kernels
 from llava_mini.config import IMAGE_TOKEN_INDEX, LlavaMiniConfig
 from llava_mini.model import LlavaMini
-from lmini_tools.args import BACKENDS, DEVICES, DTYPES, UsageError, positive_int, resolve_device
+from lmini_tools.args import UsageError, add_model_options, positive_int, resolve_device
 
 STAGES = ("vision tower", "compressor", "projector", "pre-fusion", "LLM prefill", "decode / token")
 TINY = ("tiny", "tiny-c2", "tiny-hd", "tiny-llama3")
@@ -137,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=positive_int, default=16, help="frames of the synthetic video")
     p.add_argument("--text-tokens", type=_prompt_length, default=12, help="prompt length (the placeholder included)")
     p.add_argument("--new-tokens", type=positive_int, default=8, help="tokens to generate greedily")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="backend of compress / pre-fusion attention")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda if present, else cpu")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    add_model_options(p)
     p.add_argument("--seed", type=int, default=0)
     if argv and argv[0] == "--":
         argv = argv[1:]

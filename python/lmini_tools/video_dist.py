@@ -20,7 +20,7 @@ import tempfile
 import time
 from datetime import timedelta
 
-from lmini_tools.args import BACKENDS, DEVICES, DTYPES, UsageError, positive_float, positive_int
+from lmini_tools.args import UsageError, add_model_options, positive_float, positive_int
 
 CONFIGS = ("tiny", "tiny-c2", "tiny-hd", "mid", "mid-hd")
 
@@ -132,10 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="mid", choices=CONFIGS, help="model (random weights); mid: see mid_config")
     p.add_argument("--frames", type=positive_int, default=16, help="frames of the synthetic video")
     p.add_argument("--text-tokens", type=positive_int, default=16, help="question length (the placeholder included)")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="backend of compress / pre-fusion attention")
+    add_model_options(p, device="cpu", device_help="cuda: each rank on cuda:LOCAL_RANK, NCCL")
     p.add_argument("--prefusion", default="auto", choices=("auto", "fused", "official"))
-    p.add_argument("--device", default="cpu", choices=DEVICES, help="cuda: each rank on cuda:LOCAL_RANK, NCCL")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads per rank (default: torch's)")
     p.add_argument("--repeats", type=positive_int, default=2, help="timed runs after one warm-up; the fastest is shown")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the one-process check on rank 0")

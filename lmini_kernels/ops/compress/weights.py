@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from lmini_kernels.checks import check_eps, check_positive_int, check_same, check_tensor, square_side
+from lmini_kernels.checks import check_int, check_positive_float, check_same, check_tensor, square_side
 
 
 @dataclass
@@ -70,9 +70,9 @@ class CompressWeights:
         """Raise a ValueError/TypeError naming the field when these weights cannot compress ``x``
         (B, N, kv_dim)."""
         check_tensor("x", x, ndim=3)
-        h = check_positive_int("num_heads", self.num_heads)
+        h = check_int("num_heads", self.num_heads)
         for name in sorted(_SCALARS - {"num_heads"}):
-            check_eps(name, getattr(self, name))
+            check_positive_float(name, getattr(self, name))
         n, kv_dim = x.shape[1], x.shape[2]
         square_side(n, "x.shape[1] (tokens per image)")
         check_tensor("query", self.query, ndim=2)
