@@ -142,11 +142,14 @@ def _read_file(path: Path, mmap: bool) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def read_checkpoint(
-    directory: str | Path, *, mmap: bool = False, with_sources: bool = False
-) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_checkpoint(directory: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint in ``directory`` (see :func:`checkpoint_files`), each
-    owning its memory unless ``mmap``. With ``with_sources`` also key -> file name."""
+    owning its memory unless ``mmap``."""
+    return _read_with_sources(directory, mmap)[0]
+
+
+def _read_with_sources(directory: str | Path, mmap: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """:func:`read_checkpoint`'s tensors and, for the error messages, key -> file name."""
     directory = Path(directory)
     files, weight_map = checkpoint_files(directory)
     out: dict[str, torch.Tensor] = {}
@@ -170,7 +173,7 @@ def read_checkpoint(
                 f"{directory / INDEX_NAME}: {len(absent)} keys named by the index are not in their shard: "
                 + ", ".join(f"{k} ({weight_map[k]})" for k in absent[:_LIST_LIMIT])
             )
-    return (out, source) if with_sources else out
+    return out, source
 
 
 def _check(
@@ -200,7 +203,7 @@ def load_weights(
     non-persistent buffers are rebuilt on CPU. ``mmap``: see :func:`read_checkpoint` (with a
     meta model the parameters then stay mapped onto the files; documented, not the default).
     """
-    found, source = read_checkpoint(directory, mmap=mmap, with_sources=True)
+    found, source = _read_with_sources(directory, mmap)
     found = {k: v for k, v in found.items() if not k.endswith(IGNORED_SUFFIXES)}
     expected = model.state_dict()
     _check(expected, found, source)
