@@ -76,14 +76,59 @@ def fold(w: CompressWeights) -> Folded:
     return Folded(a.contiguous(), p.contiguous(), wv, bv, w.out_proj_weight.to(acc), w.out_proj_bias.to(acc))
 
 
-def core_torch(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The streaming core in PyTorch: acc (B, K, D) = softmax_j(a_k . y_j + p_kj) @ y, lse (B, K).
+def token_mask(n: int, lengths: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """(B, N, 1) bool: token j of image b is seen (j < lengths[b]); None when every token is."""
+    if lengths is None:
+        return None
+    return (torch.arange(n, device=device).view(1, n) < lengths.view(-1, 1).to(device)).unsqueeze(-1)
 
-    ``y`` = LayerNorm(x) without affine, in the accumulation dtype of ``a``."""
-    y = F.layer_norm(x.to(a.dtype), (x.shape[-1],), eps=eps)
-    s = torch.matmul(y, a.t()) + p.t()  # (B, N, K)
+
+def gather_p(p: torch.Tensor, pidx: torch.Tensor | None, batch: int, n: int) -> torch.Tensor:
+    """The key-position logits each token uses, (B or 1, N, K): ``p[:, pidx[b, j]]`` (column j
+    when ``pidx`` is None)."""
+    if pidx is None:
+        return p.t().unsqueeze(0)
+    return p.t()[pidx.long().reshape(-1)].view(batch, n, p.shape[0])
+
+
+def core_inputs(x: torch.Tensor, ad: torch.dtype, eps: float, normalize: bool):
+    """(y, r): y the rows the core weighs (LayerNorm without affine, or x itself), r the
+    per-token 1/std (None without normalisation), in the accumulation dtype ``ad``."""
+    xf = x.to(ad)
+    if not normalize:
+        return xf, None
+    var, mu = torch.var_mean(xf, dim=-1, unbiased=False, keepdim=True)
+    r = torch.rsqrt(var + eps)
+    return (xf - mu) * r, r
+
+
+def core_torch(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    p: torch.Tensor,
+    eps: float,
+    pidx: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    normalize: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The streaming core in PyTorch (the contract every backend's kernel meets; see core.py):
+    acc (B, K, D) = softmax_j(a_k . y_j + p[k, pidx[b, j]]) @ y over the seen tokens, lse (B, K).
+
+    ``y`` = LayerNorm(x) without affine (``normalize``) or x, in the accumulation dtype of ``a``.
+    Tokens j >= lengths[b] are never read: whatever they hold (NaN included) changes nothing;
+    an image with no seen token gives acc = 0 and lse = -inf."""
+    batch, n, _ = x.shape
+    mask = token_mask(n, lengths, x.device)
+    y, _ = core_inputs(x, a.dtype, eps, normalize)
+    if mask is not None:
+        y = torch.where(mask, y, 0.0)
+    s = torch.matmul(y, a.t()) + gather_p(p, pidx, batch, n)  # (B, N, K)
+    if mask is not None:
+        s = s.masked_fill(~mask, -math.inf)
     lse = torch.logsumexp(s, dim=1)  # (B, K)
     prob = torch.exp(s - lse.unsqueeze(1))
+    if mask is not None:
+        prob = torch.where(mask, prob, 0.0)  # an image with no seen token: exp(-inf - -inf) = NaN
     return torch.matmul(prob.transpose(1, 2), y), lse
 
 
@@ -96,28 +141,44 @@ def core_backward(
     lse: torch.Tensor,
     g_acc: torch.Tensor | None,
     g_lse: torch.Tensor | None,
+    pidx: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    normalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the core for x, a and p, recomputing y and the probabilities.
 
     With prob_kj = exp(s_kj - lse_k): ds_kj = prob_kj (y_j . G_k - acc_k . G_k + g_lse_k),
-    da_k = sum_j ds_kj y_j, dp_kj = ds_kj, dy_j = sum_k prob_kj G_k + ds_kj a_k, and the
-    LayerNorm backward dx_j = r_j (dy_j - mean(dy_j) - y_j mean(dy_j * y_j))."""
+    da_k = sum_j ds_kj y_j, dp[k, pidx_bj] += ds_kj, dy_j = sum_k prob_kj G_k + ds_kj a_k, and
+    (with ``normalize``) the LayerNorm backward dx_j = r_j (dy_j - mean(dy_j) - y_j mean(dy_j * y_j)).
+    Unseen tokens (j >= lengths[b]) get dx = 0 and add nothing, whatever they hold."""
     ad = a.dtype
-    xf = x.to(ad)
-    var, mu = torch.var_mean(xf, dim=-1, unbiased=False, keepdim=True)
-    r = torch.rsqrt(var + eps)
-    y = (xf - mu) * r
-    s = torch.matmul(y, a.t()) + p.t()
+    batch, n, _ = x.shape
+    mask = token_mask(n, lengths, x.device)
+    y, r = core_inputs(x, ad, eps, normalize)
+    if mask is not None:
+        y = torch.where(mask, y, 0.0)
+    s = torch.matmul(y, a.t()) + gather_p(p, pidx, batch, n)
     prob = torch.exp(s - lse.unsqueeze(1))  # (B, N, K)
+    if mask is not None:
+        prob = torch.where(mask, prob, 0.0)
     g = torch.zeros_like(acc) if g_acc is None else g_acc.to(ad)
     ds = torch.matmul(y, g.transpose(1, 2)) - (acc * g).sum(-1).unsqueeze(1)
     if g_lse is not None:
         ds = ds + g_lse.to(ad).unsqueeze(1)
     ds = prob * ds
     da = torch.einsum("bnk,bnd->kd", ds, y)
-    dp = ds.sum(0).t()
+    if pidx is None:
+        dp = ds.sum(0).t()
+    else:
+        dp = torch.zeros(p.shape[1], p.shape[0], dtype=ad, device=p.device)
+        dp = dp.index_add_(0, pidx.long().reshape(-1), ds.reshape(-1, ds.shape[-1])).t()
     dy = torch.matmul(prob, g) + torch.matmul(ds, a)
-    dx = r * (dy - dy.mean(-1, keepdim=True) - y * (dy * y).mean(-1, keepdim=True))
+    if normalize:
+        dx = r * (dy - dy.mean(-1, keepdim=True) - y * (dy * y).mean(-1, keepdim=True))
+    else:
+        dx = dy
+    if mask is not None:
+        dx = torch.where(mask, dx, 0.0)
     return dx.to(x.dtype), da, dp.contiguous()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from lmini_kernels.backends import triton_launch
-from lmini_kernels.ops.compress.core import core_fake, core_setup
+from lmini_kernels.ops.compress.core import core_fake, core_grads, core_setup, saved_core
 from lmini_kernels.ops.compress.folded import core_backward
 
 
@@ -47,14 +47,15 @@ def _core_triton_backward(ctx, g_acc, g_lse):
     """Backward of the Triton core: the Triton kernel when it fits, else the analytic PyTorch one."""
     from lmini_kernels.ops.compress.triton import triton_bwd_fits
 
-    x, a, p, acc, lse = ctx.saved_tensors
-    if triton_bwd_fits(a.shape[0], x.shape[2]) and a.dtype == torch.float32 and x.dtype != torch.float64:
+    x, a, p, acc, lse, pidx, lengths = saved_core(ctx)
+    plain = pidx is None and lengths is None and ctx.normalize
+    if plain and triton_bwd_fits(a.shape[0], x.shape[2]) and a.dtype == torch.float32 and x.dtype != torch.float64:
         g_acc = torch.zeros_like(acc) if g_acc is None else g_acc
         g_lse = torch.zeros_like(lse) if g_lse is None else g_lse.to(lse.dtype)
         dx, da, dp = core_triton_bwd(x, a, p, ctx.eps, acc, lse, g_acc, g_lse)
     else:
-        dx, da, dp = core_backward(x, a, p, ctx.eps, acc, lse, g_acc, g_lse)
-    return (dx, da.to(a.dtype), dp.to(p.dtype)) + (None,) * (ctx.n_inputs - 3)
+        dx, da, dp = core_backward(x, a, p, ctx.eps, acc, lse, g_acc, g_lse, pidx, lengths, ctx.normalize)
+    return core_grads(ctx, dx, da, dp)
 
 
 core_triton.register_fake(core_fake)
