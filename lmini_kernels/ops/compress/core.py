@@ -12,8 +12,8 @@ folded row k (K = Q*heads), over the seen tokens j < lengths[b] (all N when leng
 x: (B, N, D) any batch/token strides, unit stride along D (else copied); a: (K, D) and p: (K, T)
 contiguous in the accumulation dtype, T = N without pidx; pidx: optional (B, N) int32, every
 entry in [0, T); lengths: optional (B,) int32 in [0, N]. Unseen tokens are never read (NaN
-there changes nothing); an image with no seen token gives acc = 0, lse = -inf. ``splits`` cuts the N tokens of each image into that many
-independent chunks merged at the end (0: the kernel picks); results do not depend on it beyond
+there changes nothing); an image with no seen token gives acc = 0, lse = -inf. ``splits`` cuts
+the N tokens of each image into that many independent chunks merged at the end (0: the kernel picks); results do not depend on it beyond
 rounding. All ops share one fake implementation and one analytic backward
 (:func:`lmini_kernels.ops.compress.folded.core_backward`).
 
@@ -29,7 +29,6 @@ import torch
 
 from lmini_kernels import _ext
 from lmini_kernels.ops.compress.folded import core_backward, core_torch
-
 
 # Positional order of every core op's arguments (the C++ schema in csrc/ops/compress/schema.h
 # and the Python ops share it): x, a, p, eps, splits, pidx, lengths, normalize.
