@@ -13,8 +13,9 @@ x: (B, N, D) any batch/token strides, unit stride along D (else copied); a: (K, 
 contiguous in the accumulation dtype, T = N without pidx; pidx: optional (B, N) int32, every
 entry in [0, T); lengths: optional (B,) int32 in [0, N]. Unseen tokens are never read (NaN
 there changes nothing); an image with no seen token gives acc = 0, lse = -inf. ``splits`` cuts
-the N tokens of each image into that many independent chunks merged at the end (0: the kernel picks); results do not depend on it beyond
-rounding. All ops share one fake implementation and one analytic backward
+the N tokens of each image into that many independent chunks merged at the end (0: the kernel
+picks); results do not depend on it beyond rounding. All ops share one fake implementation and
+one analytic backward
 (:func:`lmini_kernels.ops.compress.folded.core_backward`).
 
 Ops: ``lmini::compress_folded`` (C++ in csrc/ops/compress/: CPU kernel cpu.cpp, CUDA kernel
