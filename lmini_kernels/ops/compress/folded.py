@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lmini_kernels.ops.compress.reference import key_positions, post_projection
 from lmini_kernels.ops.compress.weights import CompressWeights
 
 
@@ -42,6 +43,9 @@ class Folded:
     a: (K, D) scaled folded queries, K = Q*heads (query-major: k = q*heads + h).
     p: (K, N) key-position logits. wv: (heads, d_head, D) value weights times gamma_kv.
     bv: (D,) value bias with W_v beta_kv folded in. wo: (D, D), bo: (D,) the out projection.
+    kv_space (the fold through ``kv_proj``): a is (K, kv_dim), wv (heads, d_head, kv_dim), and
+    m2 (kv_dim, kv_dim) the quadratic form of the LayerNorm's variance (see :func:`fold`).
+    post_w, post_b, post_eps, proj: the MiniCPM-V epilogue (None without one).
     """
 
     a: torch.Tensor
@@ -50,11 +54,28 @@ class Folded:
     bv: torch.Tensor
     wo: torch.Tensor
     bo: torch.Tensor
+    m2: torch.Tensor | None = None
+    post_w: torch.Tensor | None = None
+    post_b: torch.Tensor | None = None
+    post_eps: float = 1e-5
+    proj: torch.Tensor | None = None
+
+    @property
+    def kv_space(self) -> bool:
+        return self.m2 is not None
 
 
-def fold(w: CompressWeights) -> Folded:
+def fold(w: CompressWeights, kv_space: bool = False) -> Folded:
     """Fold the query path, the key projection and LayerNorm_kv's affine into :class:`Folded`
-    (with ``wo``/``bo``, the out projection in the accumulation dtype).
+    (with ``wo``/``bo``, the out projection in the accumulation dtype). ``p`` covers every row
+    of ``w.pos_k`` ((N, D), or (B*N, D) for per-image positions, or a (T, D) table).
+
+    ``kv_space`` (needs ``kv_proj_weight`` W, (D, kv)): fold W too, so the core runs in the
+    kv_dim space. With W_c = W minus its column means, W_c x = W x - mean(W x) exactly, so the
+    LayerNorm of the projected token is y = r W_c x with r = 1 / sqrt(x^T m2 x + eps),
+    m2 = W_c^T W_c / D (a positive semi-definite form: no E[y^2] - mean^2 cancellation); the
+    scores are a . y = r (W_c^T a) . x and the weighted sum maps back through W_c, folded into
+    the value weights. The core then takes z = r x, not normalised.
 
     Differentiable (training recomputes it every step). Math in float32 (float64 stays)."""
     acc = acc_dtype(w.query.dtype)
@@ -64,16 +85,37 @@ def fold(w: CompressWeights) -> Folded:
     w_q, w_k, w_v = w.in_proj_weight.to(acc).chunk(3)
     b_q, _, b_v = w.in_proj_bias.to(acc).chunk(3)
     q_in = F.layer_norm(w.query.to(acc), (dim,), w.ln_q_weight.to(acc), w.ln_q_bias.to(acc), w.ln_q_eps)
-    q_in = q_in + w.pos_q.to(acc)
+    if w.pos_q is not None:
+        q_in = q_in + w.pos_q.to(acc)
     q = F.linear(q_in, w_q, b_q).view(nq, num_heads, dh)
     u = torch.einsum("qhe,hed->qhd", q, w_k.view(num_heads, dh, dim)).reshape(nq * num_heads, dim)
     scale = 1.0 / math.sqrt(dh)
     gamma, beta = w.ln_kv_weight.to(acc), w.ln_kv_bias.to(acc)
     a = u * (gamma * scale)
-    p = (u @ w.pos_k.to(acc).t()) * scale
+    p = (u @ w.pos_k.reshape(-1, dim).to(acc).t()) * scale
     wv = (w_v * gamma).view(num_heads, dh, dim)
     bv = w_v @ beta + b_v
-    return Folded(a.contiguous(), p.contiguous(), wv, bv, w.out_proj_weight.to(acc), w.out_proj_bias.to(acc))
+    m2 = None
+    if kv_space:
+        if w.kv_proj_weight is None:
+            raise ValueError("algorithm: 'folded_kv' folds kv_proj, and these weights have no kv_proj_weight")
+        wk = w.kv_proj_weight.to(acc)
+        wc = wk - wk.mean(0, keepdim=True)
+        a, wv, m2 = a @ wc, wv @ wc, (wc.t() @ wc) / dim
+    post = {}
+    if w.proj is not None:
+        post = {"post_w": w.ln_post_weight.to(acc), "post_b": w.ln_post_bias.to(acc),
+                "post_eps": w.ln_post_eps, "proj": w.proj.to(acc)}  # fmt: skip
+    return Folded(a.contiguous(), p.contiguous(), wv, bv, w.out_proj_weight.to(acc), w.out_proj_bias.to(acc), m2,
+                  **post)  # fmt: skip
+
+
+def kv_space_rows(x: torch.Tensor, f: Folded, eps: float) -> torch.Tensor:
+    """z = r x, the core's input for the kv-space fold (r the 1/std of the projected token's
+    LayerNorm, from the quadratic form ``f.m2``), in the accumulation dtype."""
+    xf = x.to(f.m2.dtype)
+    var = (torch.matmul(xf, f.m2) * xf).sum(-1, keepdim=True)
+    return xf * torch.rsqrt(var.clamp_min(0) + eps)
 
 
 def token_mask(n: int, lengths: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -190,27 +232,53 @@ def epilogue(acc: torch.Tensor, f: Folded, num_heads: int) -> torch.Tensor:
     # Every backend, CPU included: torch's batched GEMMs beat a C++ epilogue (one parallel
     # region of per-row GEMVs, since deleted) at every size on the AVX2 EPYC of 2026-12-02, 2
     # threads, D = 1024, 8 heads: 1 row 0.27 vs 1.0 ms, 64 rows 3.1 vs 7.1 ms, 256 rows 8.8 vs 28.6 ms.
-    z = acc.view(batch * nq, num_heads, dim).transpose(0, 1)  # (H, B*Q, D)
+    z = acc.view(batch * nq, num_heads, dim).transpose(0, 1)  # (H, B*Q, D or kv_dim)
     # Bias fused into the batched GEMM and into out_proj's GEMM: few ops, few parallel regions.
-    o = torch.baddbmm(f.bv.view(num_heads, 1, dim // num_heads), z, f.wv.transpose(1, 2))  # (H, B*Q, dh)
-    o = o.transpose(0, 1).reshape(batch, nq, dim)
-    return F.linear(o, f.wo, f.bo)
+    dh = f.wv.shape[1]
+    o = torch.baddbmm(f.bv.view(num_heads, 1, dh), z, f.wv.transpose(1, 2))  # (H, B*Q, dh)
+    o = o.transpose(0, 1).reshape(batch, nq, -1)
+    out = F.linear(o, f.wo, f.bo)
+    if f.proj is not None:  # MiniCPM-V: LayerNorm_post, then @ proj, still in fp32
+        out = torch.matmul(F.layer_norm(out, (out.shape[-1],), f.post_w, f.post_b, f.post_eps), f.proj)
+    return out
 
 
-def attention_weights(x: torch.Tensor, f: Folded, num_heads: int, eps: float) -> torch.Tensor:
-    """Head-averaged attention weights (B, Q, N) from the folded scores (one extra pass)."""
-    y = F.layer_norm(x.to(f.a.dtype), (x.shape[-1],), eps=eps)
-    s = torch.matmul(y, f.a.t()) + f.p.t()  # (B, N, K)
+def attention_weights(
+    x: torch.Tensor,
+    f: Folded,
+    num_heads: int,
+    eps: float,
+    pidx: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Head-averaged attention weights (B, Q, N) from the folded scores (one extra pass) on the
+    core's input ``x``; unseen tokens get weight 0."""
+    batch, n, _ = x.shape
+    mask = token_mask(n, lengths, x.device)
+    y, _ = core_inputs(x, f.a.dtype, eps, normalize)
+    if mask is not None:
+        y = torch.where(mask, y, 0.0)
+    s = torch.matmul(y, f.a.t()) + gather_p(f.p, pidx, batch, n)  # (B, N, K)
+    if mask is not None:
+        s = s.masked_fill(~mask, -math.inf)
     prob = torch.softmax(s, dim=1)
-    batch, n, k = prob.shape
+    if mask is not None:
+        prob = torch.where(mask, prob, 0.0)
+    k = prob.shape[-1]
     return prob.view(batch, n, k // num_heads, num_heads).mean(-1).transpose(1, 2)
 
 
 def compress_projected(
-    x: torch.Tensor, w: CompressWeights, need_weights: bool = False
+    x: torch.Tensor,
+    w: CompressWeights,
+    need_weights: bool = False,
+    seen: torch.Tensor | None = None,
+    pos_index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The plain order (keys and values projected for every token, then attention), batched
-    over all images in one call; math in x's dtype except LayerNorm/softmax statistics."""
+    over all images in one call; math in x's dtype except LayerNorm/softmax statistics.
+    ``seen`` (B, N) bool: the tokens attended to (unseen ones never change the output)."""
     dtype = x.dtype
     num_heads = w.num_heads
     if w.kv_proj_weight is not None:
@@ -220,17 +288,24 @@ def compress_projected(
     w_q, w_k, w_v = w.in_proj_weight.chunk(3)
     b_q, b_k, b_v = w.in_proj_bias.chunk(3)
     x_n = F.layer_norm(x, (dim,), w.ln_kv_weight, w.ln_kv_bias, w.ln_kv_eps)
-    q_in = F.layer_norm(w.query, (dim,), w.ln_q_weight, w.ln_q_bias, w.ln_q_eps) + w.pos_q.to(dtype)
+    if seen is not None:
+        x_n = torch.where(seen.unsqueeze(-1), x_n, 0)
+    q_in = F.layer_norm(w.query, (dim,), w.ln_q_weight, w.ln_q_bias, w.ln_q_eps)
+    if w.pos_q is not None:
+        q_in = q_in + w.pos_q.to(dtype)
     q = F.linear(q_in, w_q, b_q).view(1, nq, num_heads, dh).transpose(1, 2).expand(batch, -1, -1, -1)
-    k = F.linear(x_n + w.pos_k.to(dtype), w_k, b_k).view(batch, n, num_heads, dh).transpose(1, 2)
+    k_in = x_n + key_positions(w, batch, n, pos_index).to(dtype)
+    k = F.linear(k_in, w_k, b_k).view(batch, n, num_heads, dh).transpose(1, 2)
     v = F.linear(x_n, w_v, b_v).view(batch, n, num_heads, dh).transpose(1, 2)
     # Scores, softmax and the weighted sum as plain GEMMs in the accumulation dtype, not
     # scaled_dot_product_attention: torch's CPU SDPA turns a NaN query row into zeros, which
     # would hide a NaN in the weights (the contract: NaN in what a query sees reaches its row).
     acc = acc_dtype(dtype)
     s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) / math.sqrt(dh)  # (B, H, Q, N)
+    if seen is not None:
+        s = s.masked_fill(~seen.view(batch, 1, 1, n), -math.inf)
     prob = torch.softmax(s, dim=-1)
     o = torch.matmul(prob, v.to(acc)).to(dtype)  # (B, H, Q, dh)
     out = F.linear(o.transpose(1, 2).reshape(batch, nq, dim), w.out_proj_weight, w.out_proj_bias)
     attn = prob.mean(1).to(dtype) if need_weights else None
-    return out, attn
+    return post_projection(out, w), attn

@@ -179,11 +179,12 @@ def _bad_call(**over):
 @pytest.mark.parametrize(
     ("over", "words"),
     [
-        (dict(x=randn(2, 10, 16)), ("x.shape[1]", "square")),
+        (dict(x=randn(2, 10, 16)), ("pos_k", "(10, 16)")),  # any N, but the key table must match
         (dict(x=randn(9, 16)), ("x", "3 dimensions")),
         (dict(heads=5), ("num_heads",)),
         (dict(heads=0), ("num_heads", ">= 1")),
-        (dict(query=randn(3, 16)), ("query.shape[0]", "square")),
+        (dict(query=randn(3, 16)), ("pos_q", "(3, 16)")),  # any Q, but the query table must match
+        (dict(query=randn(0, 16)), ("query", "at least one")),
         (dict(in_proj_weight=randn(48, 15)), ("in_proj_weight", "(48, 16)")),
         (dict(out_proj_bias=randn(15)), ("out_proj_bias", "(16)")),
         (dict(ln_kv_weight=randn(16, dtype=torch.float64)), ("ln_kv_weight", "dtype")),
