@@ -18,22 +18,30 @@ def _sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
-def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
-    """The (G*G, embed_dim) float64 table for a G x G grid, position p = row * G + col.
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int]) -> torch.Tensor:
+    """The (H*W, embed_dim) float64 table for an H x W grid (``grid_size`` G means G x G),
+    position p = row * W + col.
 
     The first embed_dim/2 channels encode the column, the last embed_dim/2 the row; each half
     is [sin(pos * w_k)] ++ [cos(pos * w_k)], k < embed_dim/4, w_k = 10000^(-k / (embed_dim/4)).
-    ``embed_dim`` must be a multiple of 4.
+    ``embed_dim`` must be a multiple of 4. (MiniCPM-V's (H, W, D) "version 2.5" table holds the
+    same numbers: ``table.view(H, W, D)``.)
     """
     if embed_dim % 4 != 0:
         raise ValueError(f"embed_dim: the 2D sin-cos table needs a multiple of 4, got {embed_dim}")
-    if grid_size < 1:
-        raise ValueError(f"grid_size: expected >= 1, got {grid_size}")
-    coords = torch.arange(grid_size, dtype=torch.float64)
-    row, col = torch.meshgrid(coords, coords, indexing="ij")
+    h, w = _grid(grid_size, "grid_size")
+    row, col = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     emb_col = _sincos_1d(embed_dim // 2, col.reshape(-1))
     emb_row = _sincos_1d(embed_dim // 2, row.reshape(-1))
     return torch.cat([emb_col, emb_row], dim=1)
+
+
+def _grid(size: object, name: str) -> tuple[int, int]:
+    """(H, W) of a grid given as G or (H, W), each >= 1, else a ValueError naming ``name``."""
+    hw = (size, size) if isinstance(size, int) else tuple(int(v) for v in size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"{name}: expected a side G >= 1 or (H, W) with H, W >= 1, got {size!r}")
+    return int(hw[0]), int(hw[1])
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,22 +71,28 @@ def _bicubic_weights(src: int, tgt: int) -> tuple[tuple[float, ...], ...]:
     return tuple(rows)
 
 
-def compress_positions(pos_embed: torch.Tensor, n: int) -> torch.Tensor:
-    """The key position table for ``n`` = G*G tokens, as the official ``get_abs_pos``.
+def compress_positions(pos_embed: torch.Tensor, n: int | tuple[int, int]) -> torch.Tensor:
+    """The key position table for ``n`` = G*G tokens (or an (H, W) grid), as the official
+    ``get_abs_pos`` (LLaVA-Mini, Qwen-VL, MiniCPM-V 2.0).
 
-    ``pos_embed`` (C*C, D) is the queries' table; when G != C it is bicubically interpolated
-    (align_corners=False) to G x G, in float32, then cast back to ``pos_embed``'s dtype.
-    Returns (n, D). The resize is separable, so it runs as two small matmuls with the 1-D
-    weights of PyTorch's bicubic kernel (:func:`_bicubic_weights`; within 4e-7 of
-    F.interpolate, 10-15x faster than ``upsample_bicubic2d`` on CPU at D = 1024, which made the
-    table most of a B = 1 call).
+    ``pos_embed`` (C*C, D) is the queries' table; when the grid differs from C x C it is
+    bicubically interpolated (align_corners=False) to it, in float32, then cast back to
+    ``pos_embed``'s dtype. Returns (H*W, D), row-major. The resize is separable, so it runs as
+    two small matmuls with the 1-D weights of PyTorch's bicubic kernel (:func:`_bicubic_weights`;
+    within 4e-7 of F.interpolate, 10-15x faster than ``upsample_bicubic2d`` on CPU at D = 1024,
+    which made the table most of a B = 1 call).
     """
     src = square_side(pos_embed.shape[0], "pos_embed rows")
-    tgt = square_side(n, "n")
-    if src == tgt:
+    if isinstance(n, int):
+        tgt_h = tgt_w = square_side(n, "n")
+    else:
+        tgt_h, tgt_w = _grid(n, "n")
+    if src == tgt_h == tgt_w:
         return pos_embed
-    w = torch.tensor(_bicubic_weights(src, tgt), dtype=torch.float32, device=pos_embed.device)
+    wh = torch.tensor(_bicubic_weights(src, tgt_h), dtype=torch.float32, device=pos_embed.device)
+    ww = wh if tgt_w == tgt_h else torch.tensor(_bicubic_weights(src, tgt_w), dtype=torch.float32,
+                                                 device=pos_embed.device)  # fmt: skip
     grid = pos_embed.float().reshape(src, src, -1)
-    rows = torch.matmul(w, grid.reshape(src, -1)).reshape(tgt, src, -1)  # resize along y: (tgt, src, D)
-    out = torch.matmul(w, rows)  # then along x, row by row: (tgt, tgt, D)
-    return out.reshape(tgt * tgt, -1).to(pos_embed.dtype)
+    rows = torch.matmul(wh, grid.reshape(src, -1)).reshape(tgt_h, src, -1)  # resize along y: (H, src, D)
+    out = torch.matmul(ww, rows)  # then along x, row by row: (H, W, D)
+    return out.reshape(tgt_h * tgt_w, -1).to(pos_embed.dtype)
