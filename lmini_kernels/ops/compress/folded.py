@@ -75,7 +75,10 @@ def fold(w: CompressWeights, kv_space: bool = False) -> Folded:
     LayerNorm of the projected token is y = r W_c x with r = 1 / sqrt(x^T m2 x + eps),
     m2 = W_c^T W_c / D (a positive semi-definite form: no E[y^2] - mean^2 cancellation); the
     scores are a . y = r (W_c^T a) . x and the weighted sum maps back through W_c, folded into
-    the value weights. The core then takes z = r x, not normalised.
+    the value weights. The core then takes z = r x, not normalised. Rounding (fp32, MiniCPM-V
+    2.6 widths D 3584, kv 1152, 28 heads, 64 queries, N 1024, features N(0, 1) and N(3, 1)):
+    at most 7.1e-7 relative per output row against the float64 reference, beside 5.9e-7 for
+    "folded" and 5.3e-7 for "projected" (``tests/ops/compress/test_family_op.py`` bounds it).
 
     Differentiable (training recomputes it every step). Math in float32 (float64 stays)."""
     acc = acc_dtype(w.query.dtype)
