@@ -11,7 +11,7 @@ from lmini_tools.bench import cli, harness
 
 
 def test_measure_write_and_plot(tmp_path):
-    ctx = harness.BenchContext("unit", "cpu", min_run_time=0.01, copy_gbps=10.0, verbose=False)
+    ctx = harness.BenchContext("unit", "cpu", min_run_time=0.01, copy_gbps=10.0, gemm_tflops=0.5, verbose=False)
     x = torch.randn(256, 256)
     ctx.measure("case A", "slow", lambda: x @ x @ x, nbytes=x.numel() * 4, flops=4 * 256**3, baseline="slow")
     ctx.measure("case A", "fast", lambda: x + 1, nbytes=x.numel() * 4, baseline="slow")
@@ -19,12 +19,14 @@ def test_measure_write_and_plot(tmp_path):
     slow, fast = ctx.rows
     assert slow.ms > 0 and fast.speedup == slow.ms / fast.ms
     assert abs(fast.frac_copy_bw - fast.gbps / 10.0) < 1e-12
+    assert abs(slow.frac_gemm - slow.tflops / 0.5) < 1e-12 and fast.frac_gemm == 0.0  # the compute roof
     env = harness.environment("cpu")
     for key in ("device_name", "threads", "torch", "date", "python"):
         assert env[key]
     paths = harness.write_results(ctx, env, tmp_path)
     data = json.loads(paths["json"].read_text())
     assert data["environment"]["copy_gbps"] == 10.0 and len(data["rows"]) == 2
+    assert data["environment"]["gemm_tflops"] == 0.5
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert rows[1]["provider"] == "fast" and rows[1]["device_name"] == env["device_name"]

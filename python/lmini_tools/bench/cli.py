@@ -87,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = None if args.no_write else writable_dir(args.out or "benchmarks/results")  # before any measurement
     import torch
 
-    from lmini_tools.bench.harness import BenchContext, copy_bandwidth_gbps, environment, markdown_table, write_results
+    from lmini_tools.bench.harness import (
+        BenchContext,
+        copy_bandwidth_gbps,
+        environment,
+        markdown_table,
+        matmul_tflops,
+        write_results,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -102,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                        dtype=getattr(torch, args.dtype), providers=wanted,
                        repro_args=repro_args(args, device), options=args)  # fmt: skip
     ctx.copy_gbps = copy_bandwidth_gbps(device)
-    print(f"copy bandwidth (same run): {ctx.copy_gbps:.1f} GB/s (read + write)")
+    gemm_n, gemm_dtype = (8192, torch.float16) if device == "cuda" else (2048, torch.float32)
+    ctx.gemm_tflops = matmul_tflops(device, gemm_n, gemm_dtype)
+    print(f"copy bandwidth (same run): {ctx.copy_gbps:.1f} GB/s (read + write); "
+          f"GEMM rate: {ctx.gemm_tflops * 1e3:.1f} GFLOP/s ({gemm_n}^3 {str(gemm_dtype)[6:]} torch.mm)")  # fmt: skip
     interrupted = False
     try:
         _load(args.suite)(ctx)

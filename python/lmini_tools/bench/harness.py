@@ -179,6 +179,7 @@ class Row:
     gbps: float
     tflops: float
     frac_copy_bw: float
+    frac_gemm: float = 0.0  # tflops over the same run's large-GEMM rate (the compute roof)
     speedup: float | None = None  # over the case's baseline provider (medians)
     ms_min: float = 0.0  # the fastest run, beside the median
     baseline: str | None = None
@@ -200,6 +201,7 @@ class BenchContext:
     quick: bool = False
     min_run_time: float = 1.0
     copy_gbps: float = 0.0
+    gemm_tflops: float = 0.0  # a large fp32 (CPU) / fp16 (GPU) torch.mm in the same run: the compute roof
     rows: list[Row] = field(default_factory=list)
     verbose: bool = True
     dtype: torch.dtype | None = None  # None: the suite's default (fp32 on CPU, fp16 on GPU)
@@ -247,7 +249,9 @@ class BenchContext:
         noisy = q["spread"] > NOISY_SPREAD or len(samples) < MIN_SAMPLES
         repro = " ".join(["lmini bench", self.suite, *self.repro_args, "--providers", shlex.quote(provider)])
         row = Row(self.suite, case, provider, ms, nbytes, flops, gbps, flops / (ms * 1e-3) / 1e12,
-                  gbps / self.copy_gbps if self.copy_gbps else 0.0, baseline=baseline, note=note,
+                  gbps / self.copy_gbps if self.copy_gbps else 0.0,
+                  frac_gemm=flops / (ms * 1e-3) / 1e12 / self.gemm_tflops if self.gemm_tflops else 0.0,
+                  baseline=baseline, note=note,
                   ms_min=q["min"], p20=q["p20"], p80=q["p80"], spread=q["spread"], samples=len(samples),
                   noisy=noisy, repro=repro)  # fmt: skip
         if baseline is not None:
@@ -257,7 +261,8 @@ class BenchContext:
         if self.verbose:
             sp = f"{row.speedup:9.1f}x" if row.speedup else " " * 10
             print(f"  {case:28s} {provider:26s} {ms:10.3f} ms [{q['p20']:.3f}, {q['p80']:.3f}] {gbps:8.2f} GB/s "
-                  f"{row.frac_copy_bw:6.1%} of copy {sp}")  # fmt: skip
+                  f"{row.frac_copy_bw:6.1%} of copy {row.tflops * 1e3:8.1f} GFLOP/s {row.frac_gemm:6.1%} of GEMM "
+                  f"{sp}")  # fmt: skip
             if noisy:
                 print(f"    warning: too noisy to trust ({len(samples)} samples, spread {q['spread']:.0%} between "
                       f"p20 and p80); rerun on a quiet machine or with --min-run-time: {repro}")  # fmt: skip
@@ -270,7 +275,7 @@ def write_results(ctx: BenchContext, env: dict[str, Any], out_dir: Path | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     base = unique_base(out_dir, f"{ctx.suite}-{ctx.device}-{env['date'].replace(':', '').replace('-', '')}")
     paths = {"json": base.with_suffix(".json"), "csv": base.with_suffix(".csv")}
-    payload = {"suite": ctx.suite, "environment": dict(env, copy_gbps=ctx.copy_gbps),
+    payload = {"suite": ctx.suite, "environment": dict(env, copy_gbps=ctx.copy_gbps, gemm_tflops=ctx.gemm_tflops),
                "rows": [asdict(r) for r in ctx.rows]}  # fmt: skip
     with atomic_write(paths["json"]) as f:
         f.write(json.dumps(payload, indent=1) + "\n")
@@ -357,12 +362,12 @@ def plot(ctx: BenchContext, env: dict[str, Any], path: Path) -> Path | None:
 def markdown_table(ctx: BenchContext) -> str:
     """The results as a Markdown table (for the README)."""
     lines = [
-        "| case | provider | ms (median) | p20-p80 | GB/s | of copy BW | speedup |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| case | provider | ms (median) | p20-p80 | GB/s | of copy BW | GFLOP/s | of GEMM | speedup |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in ctx.rows:
         sp = f"{r.speedup:.1f}x" if r.speedup else "-"
         noisy = " (noisy)" if r.noisy else ""
         lines.append(f"| {r.case} | {r.provider} | {r.ms:.3f}{noisy} | {r.p20:.3f}-{r.p80:.3f} | {r.gbps:.2f} "
-                     f"| {r.frac_copy_bw:.0%} | {sp} |")  # fmt: skip
+                     f"| {r.frac_copy_bw:.0%} | {r.tflops * 1e3:.1f} | {r.frac_gemm:.0%} | {sp} |")  # fmt: skip
     return "\n".join(lines)
