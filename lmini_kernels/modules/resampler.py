@@ -210,16 +210,17 @@ class FusedResampler(nn.Module):
         """This module's parameters (shared, not copied) with the key positions ``pos_k``."""
         return CompressWeights.from_module(self, pos_k, query_positions=self.layout != "minicpmv")
 
-    def _cached_fold(self, key: tuple, pos_k: torch.Tensor, kv_space: bool) -> Folded:
-        """The fold for the key positions ``pos_k`` (identified by ``key``): cached when frozen
-        and no graph is being recorded or compiled, recomputed otherwise."""
+    def _cached_fold(self, key: tuple, make_pos_k, kv_space: bool) -> Folded:
+        """The fold for the key positions ``make_pos_k()`` (identified by ``key``; kept as
+        ``.pos_k`` on the result, the resize is not free): cached when frozen and no graph is
+        being recorded or compiled, recomputed otherwise."""
         params = self._params()
         if (
             not self._frozen
             or torch.compiler.is_compiling()
             or (torch.is_grad_enabled() and any(p.requires_grad for p in params))
         ):
-            return fold(self.weights(pos_k), kv_space)
+            return self._fold(make_pos_k(), kv_space)
         full = (key, kv_space, self.ln_q.eps, self.ln_kv.eps) + tuple(
             (id(p), p.data_ptr(), p._version, p.device, p.dtype) for p in params
         )
@@ -228,14 +229,18 @@ class FusedResampler(nn.Module):
             # Stale entries (old versions of the parameters) are dropped; one entry per grid stays.
             self._cache = {k: v for k, v in self._cache.items() if k[:2] != full[:2] and k[4:] == full[4:]}
             with torch.no_grad():
-                f = self._cache[full] = fold(self.weights(pos_k), kv_space)
+                f = self._cache[full] = self._fold(make_pos_k(), kv_space)
+        return f
+
+    def _fold(self, pos_k: torch.Tensor, kv_space: bool) -> Folded:
+        f = fold(self.weights(pos_k), kv_space)
+        f.pos_k = pos_k
         return f
 
     def folded(self, n: int) -> Folded:
         """The parameter-only tensors of the folded algorithm for N = ``n`` = G*G tokens (the
         "llava_mini" and "qwen_vl" layouts)."""
-        pos_k = compress_positions(self.pos_embed, n)
-        return self._cached_fold(("grid", n), pos_k, False)
+        return self._cached_fold(("grid", n), lambda: compress_positions(self.pos_embed, n), False)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, *args, need_weights: bool = False, backend: str = "auto",
@@ -266,11 +271,14 @@ class FusedResampler(nn.Module):
             out, attn = self._forward_minicpmv(x, params.get("tgt_sizes"), algo, foldable, kw)
         else:
             grid = self._key_grid(x, params.get("tgt_sizes"))
-            if self.adaptive:
-                pos_k = get_2d_sincos_pos_embed(self.embed_dim, grid).to(x.device, torch.float32)
-            else:
-                pos_k = compress_positions(self.pos_embed, grid)
-            folded = self._cached_fold(("grid", grid), pos_k, algo == "folded_kv") if foldable else None
+
+            def make_pos_k():
+                if self.adaptive:
+                    return get_2d_sincos_pos_embed(self.embed_dim, grid).to(x.device, torch.float32)
+                return compress_positions(self.pos_embed, grid)
+
+            folded = self._cached_fold(("grid", grid), make_pos_k, algo == "folded_kv") if foldable else None
+            pos_k = folded.pos_k if folded is not None else make_pos_k()
             out, attn = compress(x, self.weights(pos_k), folded=folded, **kw)
         return (out, attn) if self.layout == "llava_mini" else out
 
@@ -303,7 +311,7 @@ class FusedResampler(nn.Module):
         w = sizes[:, 1:2].to(x.device)
         index = ((j // w) * region[1] + j % w).clamp(max=table.shape[0] - 1)
         lengths = lens.to(x.device)
-        folded = self._cached_fold(("table", region), table, algo == "folded_kv") if foldable else None
+        folded = self._cached_fold(("table", region), lambda: table, algo == "folded_kv") if foldable else None
         return compress(x, self.weights(table), lengths=lengths, pos_index=index, folded=folded, **kw)
 
     def extra_repr(self) -> str:
