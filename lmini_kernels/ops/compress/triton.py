@@ -10,7 +10,17 @@ few images to fill the GPU the tokens are split and the
 chunks' (max, sum, acc) states are merged after the kernel (a few small torch ops).
 Bytes: x read once (B*N*D*itemsize) per K tile (one tile for K <= 8), acc written once
 (B*K*D*4); FLOPs ~4*B*N*KT*D. Accumulation in fp32 whatever x's dtype; x is upcast at load
-(which also keeps the interpreter exact: it computes bf16 on raw bits).
+(which also keeps the interpreter exact: it computes bf16 on raw bits). Large K (the resampler
+family's Q*heads = 1152..3072) is correct, one pass over x per 8 rows: not fast, and the GPU's
+auto choice takes the projected path there.
+
+The resampler family's arguments are constexpr branches (HAS_PIDX, HAS_LEN, NORMALIZE), so
+LLaVA-Mini's plain core compiles as before (same registers on sm_90): with pidx a token's p
+column is loaded from pidx (int32, masked like x); with lengths a program's token range ends at
+the image's length, so unseen tokens are never loaded (an empty chunk stores m = -inf, l = 0,
+and the merge and the final division guard 0/0: an image with no seen token gives acc 0, lse
+-inf); masked rows get y = 0 through r = 0 (no 0 * inf even at eps = 0). D stays <= 1024: at
+BLOCK_D = 2048 the forward spills (sm_90 ptxas: 260 bytes at 8 warps, 612 at 16).
 
 Backward (``compress_folded_bwd_kernel``, op ``lmini::compress_folded_triton_bwd``): grid
 (B * splits,), one program per (image, chunk of tokens) holding all K <= KT_BWD_MAX folded rows
@@ -20,7 +30,9 @@ c_k = acc_k . G_k - g_lse_k (computed before the launch), writes ds (= the per-i
 over images after the kernel), adds ds^T y into da, and writes dx through the LayerNorm backward.
 x and G are read once, dx written once. Beyond its register tile (see ``triton_bwd_fits``: K <= 8
 at D <= 1024, K <= 16 at D <= 512; LLaVA-Mini's K = 8, D = 1024 fits, and the GPU's auto choice
-takes the projected path past 16 rows) the analytic PyTorch backward runs instead.
+takes the projected path past 16 rows) the analytic PyTorch backward runs instead. With
+lengths, a second loop writes dx = 0 and ds = 0 for the unseen tokens (reading nothing); with
+pidx, dp is ds scattered into p's T columns after the kernel (``launch_bwd``).
 """
 
 from __future__ import annotations
@@ -239,7 +251,7 @@ def _token_args(x: torch.Tensor, p: torch.Tensor, pidx, lengths):
     for name, t, shape in (("pidx", pidx, (batch, n)), ("lengths", lengths, (batch,))):
         if t is None:
             if dummy is None:
-                dummy = torch.zeros(1, dtype=torch.int32, device=x.device)
+                dummy = torch.empty(1, dtype=torch.int32, device=x.device)  # never read: no fill launch
             out.append(dummy)
             continue
         check_tensor(name, t, shape=shape, floating=False)
