@@ -160,7 +160,7 @@ def _plain_kernel(fn):
 _REG = registry("compress")
 _REG.register(cuda_backend(_fused(_plain_kernel(core.core_cpp)), _fused(_plain_kernel(core.core_emulated)),
                            check=_check_cuda))  # fmt: skip
-_REG.register(triton_backend(_fused(_plain_kernel(core_triton)), check=_check_triton))
+_REG.register(triton_backend(_fused(core_triton), check=_check_triton))
 _REG.register(cpu_backend(_fused(_plain_kernel(core.core_cpp))))
 _REG.register(reference_backend(_run_reference))
 
