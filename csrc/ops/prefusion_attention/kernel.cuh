@@ -78,11 +78,19 @@ prefusion_attention_kernel(const T* __restrict__ q, const T* __restrict__ k, con
     m = m_new;
     p_s[warp][lane] = p;
     __syncwarp();
+    // Keys t0 .. t0 + n - 1 of the tile are within this row's horizon (warp-uniform). A key past
+    // it is skipped, not multiplied by its zero probability: a later row may see it, so its V is
+    // loaded as is, and 0 * NaN (or inf) would reach this row.
+    const int n = prefusion_imin(kPrefusionTile, row_end - t0);
     for (int u = 0; u < kPer; ++u) {
       const int c = lane + 32 * u;
       if (c < D) {
         float a = acc[u] * alpha;
-        for (int j = 0; j < kPrefusionTile; ++j) a += p_s[warp][j] * v_s[j][c];
+        if (n == kPrefusionTile) {
+          for (int j = 0; j < kPrefusionTile; ++j) a += p_s[warp][j] * v_s[j][c];
+        } else {
+          for (int j = 0; j < n; ++j) a += p_s[warp][j] * v_s[j][c];
+        }
         acc[u] = a;
       }
     }

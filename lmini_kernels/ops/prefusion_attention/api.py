@@ -110,8 +110,8 @@ def prefusion_attention(
         garbage in a padded cache slot) changes nothing; a NaN in what a query sees (its q, a
         visible key's K or V, the scale) makes its output NaN, as in torch. A key beyond a
         query's causal horizon (a later position of the suffix, not padding) leaves that
-        query's row alone on the reference and cpu backends; on triton and cuda a non-finite V
-        of such a key can still reach it through 0 * NaN (known gap, see README).
+        query's row alone on the reference, cpu and cuda backends; on triton a non-finite V of
+        such a key can still reach it through 0 * NaN (known gap, see README).
         Differentiable on the reference, cpu and cuda (backward through the reference math)
         and triton (Triton backward kernels) backends.
     """
