@@ -145,23 +145,10 @@ def _check_cuda(core_dim: int | None, **_) -> list[str]:
 # CUDA kernel stages each token tile in shared memory and reduces by warp shuffles, the Triton
 # one holds whole rows in registers. No GPU run has measured the two yet:
 # `lmini bench compress --device cuda` times both side by side.
-def _plain_kernel(fn):
-    """STOPGAP until the kernels take pidx/lengths/normalize: the kernel for the plain case, the
-    PyTorch core otherwise."""
-
-    def run(x, a, p, eps, splits=0, pidx=None, lengths=None, normalize=True):
-        if pidx is None and lengths is None and normalize:
-            return fn(x, a, p, eps, splits)
-        return core.core_torch_op(x, a, p, eps, splits, pidx, lengths, normalize)
-
-    return run
-
-
 _REG = registry("compress")
-_REG.register(cuda_backend(_fused(_plain_kernel(core.core_cpp)), _fused(_plain_kernel(core.core_emulated)),
-                           check=_check_cuda))  # fmt: skip
+_REG.register(cuda_backend(_fused(core.core_cpp), _fused(core.core_emulated), check=_check_cuda))
 _REG.register(triton_backend(_fused(core_triton), check=_check_triton))
-_REG.register(cpu_backend(_fused(_plain_kernel(core.core_cpp))))
+_REG.register(cpu_backend(_fused(core.core_cpp)))
 _REG.register(reference_backend(_run_reference))
 
 

@@ -75,7 +75,7 @@ def minicpm_batch(tgt_sizes, dim, table_side=9, dtype=torch.float32, kv_dim=None
     x = randn(len(tgt_sizes), n, kv_dim or dim, dtype=dtype, scale=1.5) + 0.3
     mask = torch.zeros(len(tgt_sizes), n, dtype=torch.bool)
     index = torch.zeros(len(tgt_sizes), n, dtype=torch.long)
-    for b, (h, w) in enumerate(tgt_sizes):
+    for b, (_h, w) in enumerate(tgt_sizes):
         mask[b, lens[b] :] = True
         j = torch.arange(lens[b])
         index[b, : lens[b]] = (j // w) * table_side + j % w
