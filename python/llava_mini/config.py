@@ -15,12 +15,23 @@ pre-fusion layers follow the official ``build_compressor``.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from lmini_kernels.checks import check_int, check_positive_float
 
-__all__ = ["VisionConfig", "RopeScaling", "TextConfig", "LlavaMiniConfig", "IMAGE_TOKEN_INDEX"]
+__all__ = [
+    "VisionConfig",
+    "RopeScaling",
+    "TextConfig",
+    "LlavaMiniConfig",
+    "IMAGE_TOKEN_INDEX",
+    "DEFAULT_VISION_TOWER",
+    "read_vision_tower_config",
+]
 
 #: Placeholder id of the image in ``input_ids`` (same value as the official ``constants.py``).
 IMAGE_TOKEN_INDEX = -200
@@ -179,8 +190,19 @@ class LlavaMiniConfig:
     #: cut to this many tokens per sample, as the official ``prepare_inputs_labels_for_multimodal``
     #: does; ``None``: no cut.
     tokenizer_model_max_length: int | None = None
+    #: The local CLIP folder ``mm_vision_tower`` names (absolute path), where the vision tower's
+    #: weights and ``preprocessor_config.json`` come from when the checkpoint folder lacks them
+    #: (the official release layout); ``None``: no such folder (a hub name, or a named config).
+    vision_tower_dir: str | None = None
+    #: Official ``mm_use_im_start_end``: the prompt wraps ``<image>`` in ``<im_start>``/``<im_end>``
+    #: (:func:`llava_mini.prompt.build_prompt`).
+    use_im_start_end: bool = False
 
     def __post_init__(self) -> None:
+        if self.vision_tower_dir is not None and not isinstance(self.vision_tower_dir, str):
+            raise ValueError(f"vision_tower_dir: expected a folder path (str) or None, got {self.vision_tower_dir!r}")
+        if not isinstance(self.use_im_start_end, bool):
+            raise ValueError(f"use_im_start_end: expected a bool, got {self.use_im_start_end!r}")
         if not isinstance(self.vision, VisionConfig):
             raise ValueError(f"vision: expected a VisionConfig, got {type(self.vision).__name__}")
         if not isinstance(self.text, TextConfig):
@@ -246,18 +268,29 @@ class LlavaMiniConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_hf_config(cls, hf: dict, name: str = "from-hf-config") -> LlavaMiniConfig:
+    def from_hf_config(
+        cls, hf: dict, name: str = "from-hf-config", *, vision_tower: str | os.PathLike | None = None
+    ) -> LlavaMiniConfig:
         """Read an official ``config.json`` (HF ``LlamaConfig`` fields plus ``compressor_size``,
         ``prefusion_layer_num``, ``resolution_ratio``, ``mm_*``, ``tokenizer_model_max_length``).
-        The vision tower is not described there beyond its name; CLIP ViT-L/14-336 is assumed
-        (both official towers) unless a ``vision_config`` object (HF ``CLIPVisionConfig`` field
-        names, as in HF's ``LlavaConfig``) describes another one, e.g. a tiny test tower, with
-        ``compressor_num_heads`` (the official code fixes 8 heads) for a narrow one.
-        ``mm_projector_type`` absent means ``linear``, as in the official builder.
+
+        The vision tower, as the official ``build_vision_tower``: ``mm_vision_tower`` (or the
+        ``vision_tower`` argument, which replaces it: a local folder, e.g. a downloaded copy of
+        the hub tower a released config names) naming a local folder is read from there
+        (:func:`read_vision_tower_config`: its ``config.json``, a ``CLIPVisionConfig`` or a full
+        ``CLIPConfig``; any CLIP size) and recorded in :attr:`vision_tower_dir`, where the
+        weights and the processor settings come from when the checkpoint lacks them. Else a
+        ``vision_config`` object (HF ``CLIPVisionConfig`` field names, as in HF's
+        ``LlavaConfig``; this project's tiny checkpoints) describes it; else the name must be
+        the official default ``openai/clip-vit-large-patch14-336`` (its last path component),
+        whose size is known (nothing is downloaded: any other name is a ValueError). A folder and
+        a ``vision_config`` that disagree are a ValueError. ``compressor_num_heads`` (the
+        official code fixes 8 heads) serves narrow towers. ``mm_projector_type`` absent means
+        ``linear``, as in the official builder.
 
         Every field is validated before anything is built: a missing required field or a value
-        out of range is a ValueError naming it; fields this reader neither uses nor knows to be
-        irrelevant are named in one warning."""
+        out of range is a ValueError naming it (and the file, for the tower folder's); fields
+        this reader neither uses nor knows to be irrelevant are named in one warning."""
         if not isinstance(hf, dict):
             raise ValueError(f"config: expected a JSON object, got {type(hf).__name__}")
         missing = [k for k in _HF_REQUIRED if k not in hf]
@@ -297,19 +330,14 @@ class LlavaMiniConfig:
             "select_layer": hf.get("mm_vision_select_layer", -2),
             "select_feature": hf.get("mm_vision_select_feature", "patch"),
         }
-        if "vision_config" in hf:
-            vision = _vision_from_hf(hf["vision_config"], select)
-        else:
-            tower = hf.get("mm_vision_tower", "openai/clip-vit-large-patch14-336")
-            if not isinstance(tower, str) or "336" not in tower or "large" not in tower:
-                raise ValueError(
-                    f"mm_vision_tower: only CLIP ViT-L/14-336 is described here, config names {tower!r} (describe "
-                    "another CLIP tower in a 'vision_config' object)"
-                )
-            vision = dataclasses.replace(CLIP_L14_336, **select)
+        vision, tower_dir = _vision_tower_from_hf(hf, vision_tower)
+        vision = dataclasses.replace(vision, **select)
         mm_hidden = hf.get("mm_hidden_size", vision.hidden_size)
         if mm_hidden != vision.hidden_size:
             raise ValueError(f"mm_hidden_size: {mm_hidden!r} does not match the CLIP tower's {vision.hidden_size}")
+        im_start_end = hf.get("mm_use_im_start_end", False)
+        if not isinstance(im_start_end, bool):
+            raise ValueError(f"mm_use_im_start_end: expected true or false, got {im_start_end!r}")
         mini = "compressor_size" in hf
         return cls(
             name=name,
@@ -323,6 +351,8 @@ class LlavaMiniConfig:
             # official build_vision_projector: getattr(config, "mm_projector_type", "linear")
             projector_type=hf.get("mm_projector_type", "linear"),
             tokenizer_model_max_length=hf.get("tokenizer_model_max_length"),
+            vision_tower_dir=tower_dir,
+            use_im_start_end=im_start_end,
         )
 
     @classmethod
@@ -346,13 +376,13 @@ _HF_READ = frozenset(_HF_REQUIRED) | {
     "num_key_value_heads", "rope_theta", "rope_scaling", "rms_norm_eps", "max_position_embeddings", "pad_token_id",
     "mm_vision_tower", "mm_vision_select_layer", "mm_hidden_size", "compressor_size", "prefusion_layer_num",
     "resolution_ratio", "mm_projector_type", "mm_vision_select_feature", "tokenizer_model_max_length",
-    "vision_config", "compressor_num_heads",
+    "vision_config", "compressor_num_heads", "mm_use_im_start_end",
 }  # fmt: skip
 _HF_IGNORED = frozenset({
     "architectures", "model_type", "torch_dtype", "dtype", "transformers_version", "_name_or_path", "use_cache",
     "bos_token_id", "eos_token_id", "hidden_act", "initializer_range", "attention_bias", "attention_dropout",
     "mlp_bias", "pretraining_tp", "tie_word_embeddings", "head_dim", "freeze_mm_mlp_adapter", "image_aspect_ratio",
-    "mm_patch_merge_type", "mm_projector_lr", "mm_use_im_patch_token", "mm_use_im_start_end",
+    "mm_patch_merge_type", "mm_projector_lr", "mm_use_im_patch_token",
     "tokenizer_padding_side", "tune_mm_mlp_adapter",
     "use_mm_proj", "image_grid_pinpoints", "unfreeze_mm_vision_tower", "mm_vision_tower_lr", "temporal_size",
     "cache_dir", "model_max_length",
@@ -368,20 +398,116 @@ _HF_VISION_IGNORED = frozenset({"model_type", "hidden_act", "projection_dim", "a
                                 "initializer_range", "initializer_factor", "torch_dtype", "dtype"})  # fmt: skip
 
 
-def _vision_from_hf(vc: object, select: dict) -> VisionConfig:
-    """A :class:`VisionConfig` from a ``vision_config`` object; every field is required except
-    ``num_channels`` (3) and ``layer_norm_eps`` (1e-5); ``hidden_act`` must be quick_gelu."""
+#: HF ``CLIPVisionConfig``'s class defaults: what ``CLIPVisionConfig.from_pretrained`` uses for
+#: a field a tower folder's ``config.json`` leaves out.
+_CLIP_VISION_DEFAULTS = {
+    "image_size": 224, "patch_size": 32, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "num_channels": 3, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu",
+}  # fmt: skip
+#: The official default tower (``mm_vision_tower`` of both released LLaVA-Mini checkpoints),
+#: whose size is known without its folder: :data:`CLIP_L14_336`.
+DEFAULT_VISION_TOWER = "openai/clip-vit-large-patch14-336"
+#: ``model_type`` of a tower folder's ``config.json``: a ``CLIPVisionConfig``, or a ``CLIPConfig``
+#: whose ``vision_config`` is the tower's (what ``CLIPVisionModel.from_pretrained`` reads).
+_TOWER_MODEL_TYPES = ("clip_vision_model", "clip")
+
+
+def _vision_from_fields(vc: object, where: str, *, defaults: dict | None = None) -> VisionConfig:
+    """A :class:`VisionConfig` (default ``select_*``) from HF ``CLIPVisionConfig`` fields.
+    ``defaults`` None (an embedded ``vision_config``): every size field is required except
+    ``num_channels`` and ``layer_norm_eps``, and unknown fields are refused; else (a tower
+    folder's file, which also holds HF's generic fields): absent fields take ``defaults``, other
+    fields are not looked at. ``where`` names the object in the messages (``file: field``)."""
     if not isinstance(vc, dict):
-        raise ValueError(f"vision_config: expected an object, got {vc!r}")
-    missing = [k for k in _HF_VISION_FIELDS if k not in vc and k not in ("num_channels", "layer_norm_eps")]
-    if missing:
-        raise ValueError(f"vision_config: missing required field(s) {', '.join(missing)}")
-    unknown = sorted(k for k in vc if k not in _HF_VISION_FIELDS and k not in _HF_VISION_IGNORED)
-    if unknown:
-        raise ValueError(f"vision_config: unknown field(s) {', '.join(unknown)}")
-    if vc.get("hidden_act", "quick_gelu") != "quick_gelu":
-        raise ValueError(f"vision_config.hidden_act: only 'quick_gelu' (CLIP's) is built, got {vc['hidden_act']!r}")
-    return VisionConfig(**{ours: vc[hf] for hf, ours in _HF_VISION_FIELDS.items() if hf in vc}, **select)
+        raise ValueError(f"{where}: expected an object, got {vc!r}")
+    sep = "." if where.endswith("vision_config") else ": "
+    if defaults is None:
+        missing = [k for k in _HF_VISION_FIELDS if k not in vc and k not in ("num_channels", "layer_norm_eps")]
+        if missing:
+            raise ValueError(f"{where}: missing required field(s) {', '.join(missing)}")
+        unknown = sorted(k for k in vc if k not in _HF_VISION_FIELDS and k not in _HF_VISION_IGNORED)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        defaults = {"num_channels": 3, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu"}
+    values = {k: vc.get(k, defaults.get(k)) for k in (*_HF_VISION_FIELDS, "hidden_act")}
+    for hf_name in _HF_VISION_FIELDS:
+        check = check_positive_float if hf_name == "layer_norm_eps" else check_int
+        check(f"{where}{sep}{hf_name}", values[hf_name])
+    if values["hidden_act"] != "quick_gelu":
+        raise ValueError(f"{where}{sep}hidden_act: only 'quick_gelu' (CLIP's) is built, got {values['hidden_act']!r}")
+    try:
+        return VisionConfig(**{ours: values[hf] for hf, ours in _HF_VISION_FIELDS.items()})
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def read_json_file(path: str | os.PathLike) -> object:
+    """The JSON document in ``path``; unreadable, not UTF-8 or not JSON: a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from None
+
+
+def read_vision_tower_config(folder: str | os.PathLike) -> VisionConfig:
+    """The vision tower's size in a local CLIP folder's ``config.json`` (default ``select_*``):
+    a ``CLIPVisionConfig`` (``model_type`` ``clip_vision_model``) or a full ``CLIPConfig``
+    (``clip``: its ``vision_config``), fields absent taking HF's ``CLIPVisionConfig`` defaults as
+    ``CLIPVisionModel.from_pretrained`` does. A missing folder or file, bad JSON, another
+    ``model_type`` or a bad field is a ValueError naming the file and the field."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise ValueError(f"vision tower folder {str(d)!r}: not a directory")
+    path = d / "config.json"
+    if not path.is_file():
+        raise ValueError(f"vision tower folder {str(d)!r}: no config.json (the CLIP tower's CLIPVisionConfig)")
+    doc = read_json_file(path)
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    kind = doc.get("model_type", "clip" if "vision_config" in doc else "clip_vision_model")
+    if kind not in _TOWER_MODEL_TYPES:
+        raise ValueError(f"{path}: model_type: expected one of {_TOWER_MODEL_TYPES} (a CLIP tower), got {kind!r}")
+    if kind == "clip":
+        if "vision_config" not in doc:
+            raise ValueError(f"{path}: vision_config: missing (a CLIPConfig describes its tower there)")
+        return _vision_from_fields(doc["vision_config"], f"{path}: vision_config", defaults=_CLIP_VISION_DEFAULTS)
+    return _vision_from_fields(doc, str(path), defaults=_CLIP_VISION_DEFAULTS)
+
+
+def _vision_tower_from_hf(hf: dict, override: str | os.PathLike | None) -> tuple[VisionConfig, str | None]:
+    """The tower's :class:`VisionConfig` (default ``select_*``) and its local folder (or None),
+    from ``mm_vision_tower`` / ``override`` and ``vision_config`` (see ``from_hf_config``)."""
+    if override is not None:
+        if not isinstance(override, (str, os.PathLike)) or not Path(override).is_dir():
+            raise ValueError(f"vision_tower: expected a local CLIP folder, got {override!r} (not a directory)")
+        tower: object = os.fspath(override)
+        field_name = "vision_tower"
+    else:
+        tower = hf.get("mm_vision_tower", DEFAULT_VISION_TOWER)
+        field_name = "mm_vision_tower"
+    if not isinstance(tower, str) or not tower:
+        raise ValueError(f"{field_name}: expected a CLIP folder or name, got {tower!r}")
+    embedded = _vision_from_fields(hf["vision_config"], "vision_config") if "vision_config" in hf else None
+    if os.path.isdir(tower):  # the official build_vision_tower: os.path.exists, relative to the cwd
+        folder = str(Path(tower).resolve())
+        vision = read_vision_tower_config(folder)
+        if embedded is not None and embedded != vision:
+            diff = next(
+                f.name for f in dataclasses.fields(vision) if getattr(vision, f.name) != getattr(embedded, f.name)
+            )
+            raise ValueError(
+                f"vision_config: {diff} = {getattr(embedded, diff)!r} disagrees with the vision tower folder's "
+                f"{Path(folder) / 'config.json'} ({getattr(vision, diff)!r})"
+            )
+        return vision, folder
+    if embedded is not None:
+        return embedded, None
+    if Path(tower.rstrip("/\\")).name == Path(DEFAULT_VISION_TOWER).name:
+        return CLIP_L14_336, None
+    raise ValueError(
+        f"{field_name}: {tower!r} is not a local folder and not the default {DEFAULT_VISION_TOWER!r} (nothing is "
+        "downloaded: point it at a local CLIP folder, or describe the tower in a 'vision_config' object)"
+    )
 
 
 CLIP_L14_336 = VisionConfig()

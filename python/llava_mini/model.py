@@ -247,12 +247,14 @@ class LlavaMini(nn.Module):
     ) -> LlavaMini:
         """Build on the meta device (no memory, no init) and load a local checkpoint directory
         (:func:`llava_mini.weights.load_weights`: the parameters own their memory unless
-        ``mmap=True``, which leaves them mapped onto the files on CPU)."""
+        ``mmap=True``, which leaves them mapped onto the files on CPU). The vision tower's
+        weights come from ``config.vision_tower_dir`` (the folder ``mm_vision_tower`` names)
+        when the checkpoint has none, as in the official release layout."""
         from .weights import load_weights
 
         with torch.device("meta"):
             model = cls(config, backend=backend)
-        load_weights(model, directory, mmap=mmap, dtype=dtype)
+        load_weights(model, directory, mmap=mmap, dtype=dtype, vision_tower=config.vision_tower_dir)
         model.to(device=device, dtype=dtype)
         model.materialize_buffers(device)
         return model.eval()

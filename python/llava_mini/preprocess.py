@@ -41,6 +41,8 @@ import torch
 
 from lmini_kernels.checks import check_int, check_positive_float
 
+from .config import read_json_file
+
 try:
     from PIL import Image, UnidentifiedImageError
 except ImportError as e:  # pragma: no cover - Pillow is pinned in .ci/requirements.txt
@@ -178,11 +180,7 @@ class ImageProcessorConfig:
         path = folder / PROCESSOR_CONFIG_FILE
         if not path.exists():
             return cls()
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not a readable JSON file ({e})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json_file(path), source=str(path))
 
     @property
     def pad_color(self) -> tuple[int, int, int]:
@@ -377,18 +375,29 @@ class ImagePreprocessor:
         cls, config: Any, checkpoint: str | os.PathLike | None = None, *, image_aspect_ratio: str | None = None
     ) -> ImagePreprocessor:
         """For a :class:`llava_mini.LlavaMiniConfig`: the processor of ``checkpoint`` (its
-        ``preprocessor_config.json``; else CLIP's settings at the model's image size), the
-        config's ``resolution_ratio``, and ``image_aspect_ratio`` (given; else the checkpoint's
-        ``config.json`` field, a config.json without it meaning no padding as in the official
-        ``getattr(model_cfg, "image_aspect_ratio", None)``; else ``"pad"``). The processor's
-        output must be the vision tower's ``image_size`` square, else a ValueError."""
+        ``preprocessor_config.json``; else, in the official release layout, that of the vision
+        tower folder, ``config.vision_tower_dir``, where the official ``CLIPImageProcessor``
+        comes from; else CLIP-L/14-336's, or with no ``checkpoint`` CLIP's settings at the
+        model's image size), the config's ``resolution_ratio``, and ``image_aspect_ratio``
+        (given; else the checkpoint's ``config.json`` field, a config.json without it meaning no
+        padding as in the official ``getattr(model_cfg, "image_aspect_ratio", None)``; else
+        ``"pad"``). The processor's output must be the vision tower's ``image_size`` square,
+        else a ValueError."""
         size = config.vision.image_size
+        tower = getattr(config, "vision_tower_dir", None)
+        in_tower = tower is not None and (Path(tower) / PROCESSOR_CONFIG_FILE).is_file()
         if checkpoint is None:
-            proc = ImageProcessorConfig.for_image_size(size)
+            proc = (
+                ImageProcessorConfig.from_pretrained(tower) if in_tower else ImageProcessorConfig.for_image_size(size)
+            )
         else:
-            proc = ImageProcessorConfig.from_pretrained(checkpoint)
+            ck = Path(checkpoint)
+            if in_tower and ck.is_dir() and not (ck / PROCESSOR_CONFIG_FILE).exists():
+                proc = ImageProcessorConfig.from_pretrained(tower)
+            else:
+                proc = ImageProcessorConfig.from_pretrained(ck)
             if image_aspect_ratio is None:
-                image_aspect_ratio = _aspect_from_checkpoint(Path(checkpoint))
+                image_aspect_ratio = _aspect_from_checkpoint(ck)
         if not proc.do_center_crop or proc.crop_size != (size, size):
             raise ValueError(
                 f"processor crop_size {proc.crop_size if proc.do_center_crop else 'off'} does not give the "

@@ -3,10 +3,12 @@
 - :func:`load_tokenizer`: the folder's tokenizer through ``transformers.AutoTokenizer``, local
   files only (never the hub).
 - :data:`CONV_TEMPLATES`: the official conversation templates ``vicuna_v1`` (LLaVA-Mini
-  Vicuna-7B) and ``llava_llama_3_1`` (LLaVA-Mini LLaMA-3.1-8B), as in the official
-  ``conversation.py``; :func:`build_prompt` renders a one-question prompt as the official
-  ``run_llava_mini.py`` does (``<image>\\n`` put in front of the question unless it holds
-  ``<image-placeholder>``, the assistant turn left open).
+  Vicuna-7B), ``llava_v1`` (the same format with LLaVA's "human" system line) and
+  ``llava_llama_3_1`` (LLaVA-Mini LLaMA-3.1-8B), as in the official ``conversation.py``;
+  :func:`build_prompt` renders a one-question prompt as the official ``run_llava_mini.py``
+  does (``<image>\\n`` put in front of the question unless it holds ``<image-placeholder>``;
+  with ``mm_use_im_start_end`` the image token is ``<im_start><image><im_end>``; the assistant
+  turn left open).
 - :func:`tokenizer_image_token`: the official ``mm_utils.tokenizer_image_token``: the prompt is
   split on ``<image>``, each piece tokenized on its own, the placeholder id
   :data:`IMAGE_TOKEN_INDEX` (-200) put between them, and one BOS kept in front.
@@ -17,19 +19,21 @@ Needs ``transformers`` (``pip install 'lmini-kernels[chat]'``), imported when fi
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import IMAGE_TOKEN_INDEX
+from .config import IMAGE_TOKEN_INDEX, read_json_file
 
 __all__ = [
     "CONV_TEMPLATES",
     "ConversationTemplate",
     "IMAGE_TOKEN",
     "IMAGE_PLACEHOLDER",
+    "IM_END_TOKEN",
+    "IM_START_TOKEN",
     "build_prompt",
     "default_template",
     "eos_token_ids",
@@ -41,6 +45,10 @@ __all__ = [
 IMAGE_TOKEN = "<image>"
 #: Where a user's question asks for the image to go (official ``IMAGE_PLACEHOLDER``).
 IMAGE_PLACEHOLDER = "<image-placeholder>"
+#: What wraps the image token in the prompt of a model with ``mm_use_im_start_end`` (official
+#: ``DEFAULT_IM_START_TOKEN`` / ``DEFAULT_IM_END_TOKEN``).
+IM_START_TOKEN = "<im_start>"
+IM_END_TOKEN = "<im_end>"
 #: Files of which one must be in a folder for its tokenizer to load.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
@@ -62,16 +70,25 @@ class ConversationTemplate:
     stop_str: str | None = None
 
 
+_VICUNA_V1 = ConversationTemplate(
+    name="vicuna_v1",
+    system="A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    roles=("USER", "ASSISTANT"),
+    style="two",
+    sep=" ",
+    sep2="</s>",
+    stop_str="</s>",
+)
+
 CONV_TEMPLATES: dict[str, ConversationTemplate] = {
-    "vicuna_v1": ConversationTemplate(
-        name="vicuna_v1",
-        system="A chat between a curious user and an artificial intelligence assistant. "
-        "The assistant gives helpful, detailed, and polite answers to the user's questions.",
-        roles=("USER", "ASSISTANT"),
-        style="two",
-        sep=" ",
-        sep2="</s>",
-        stop_str="</s>",
+    "vicuna_v1": _VICUNA_V1,
+    # LLaVA's v1 template: Vicuna's format, the system line speaking of a "human"
+    "llava_v1": dataclasses.replace(
+        _VICUNA_V1,
+        name="llava_v1",
+        system="A chat between a curious human and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the human's questions.",
     ),
     "llava_llama_3_1": ConversationTemplate(
         name="llava_llama_3_1",
@@ -119,23 +136,32 @@ def _template(name: str) -> ConversationTemplate:
     return CONV_TEMPLATES[name]
 
 
-def build_prompt(question: str, template: str, *, tokenizer: Any = None, image: bool = True) -> str:
+def build_prompt(
+    question: str, template: str, *, tokenizer: Any = None, image: bool = True, im_start_end: bool = False
+) -> str:
     """The prompt text of one question, as the official ``run_llava_mini.py`` builds it.
 
     With ``image`` (an image or a video goes with the question): ``<image-placeholder>`` in the
-    question becomes ``<image>``; a question without it gets ``<image>\\n`` in front. Without
-    ``image`` a question holding either is a ValueError. Then the template
-    (:data:`CONV_TEMPLATES`): ``vicuna_v1`` gives ``"{system} USER: {question} ASSISTANT:"``;
-    ``llava_llama_3_1`` the ``tokenizer``'s chat template over the system and user messages
+    question becomes ``<image>``; a question without it gets ``<image>\\n`` in front;
+    ``im_start_end`` (the config's ``mm_use_im_start_end``) makes that image token
+    ``<im_start><image><im_end>``: the two are text of the prompt, tokenized as the checkpoint's
+    tokenizer has them (a model trained with them added them as tokens), the image still spliced
+    at ``<image>``. Without ``image`` a question holding a placeholder is a ValueError. Then the
+    template (:data:`CONV_TEMPLATES`): ``vicuna_v1`` and ``llava_v1`` give
+    ``"{system} USER: {question} ASSISTANT:"`` (each its own system line); ``llava_llama_3_1``
+    the ``tokenizer``'s chat template over the system and user messages
     (``add_generation_prompt=False``, as officially), so it needs the tokenizer."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"question: expected a non-empty string, got {question!r}")
+    if not isinstance(im_start_end, bool):
+        raise ValueError(f"im_start_end: expected a bool (mm_use_im_start_end), got {im_start_end!r}")
     tpl = _template(template)
     if image:
+        token = IM_START_TOKEN + IMAGE_TOKEN + IM_END_TOKEN if im_start_end else IMAGE_TOKEN
         if IMAGE_PLACEHOLDER in question:
-            question = question.replace(IMAGE_PLACEHOLDER, IMAGE_TOKEN)
+            question = question.replace(IMAGE_PLACEHOLDER, token)
         else:
-            question = IMAGE_TOKEN + "\n" + question
+            question = token + "\n" + question
     elif IMAGE_TOKEN in question or IMAGE_PLACEHOLDER in question:
         raise ValueError(f"question: holds an image placeholder ({IMAGE_TOKEN!r}) but no image or video is given")
     if tpl.style == "two":
@@ -197,10 +223,7 @@ def eos_token_ids(folder: str | os.PathLike, tokenizer: Any = None) -> list[int]
         path = d / fname
         if not path.is_file():
             continue
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not a readable JSON file ({e})") from None
+        doc = read_json_file(path)
         if isinstance(doc, dict) and doc.get("eos_token_id") is not None:
             ids = _ids_field(doc["eos_token_id"], str(path))
             break

@@ -18,6 +18,13 @@ with no download:
   flavour): a BPE tokenizer trained here with the ``tokenizers`` library on a small built-in
   corpus, loadable by ``transformers.AutoTokenizer.from_pretrained(folder)`` offline.
 
+``vision_tower_dir=`` writes the official release layout instead: the tower as its own CLIP
+folder there (``config.json`` a ``CLIPVisionConfig``, ``model.safetensors`` with
+``CLIPVisionModel``'s ``vision_model.*`` keys, ``preprocessor_config.json``: what
+``CLIPVisionModel.from_pretrained`` and ``CLIPImageProcessor.from_pretrained`` read), and the
+checkpoint without the tower's weights, processor file and ``vision_config``, its
+``mm_vision_tower`` naming that folder.
+
 Two tokenizer flavours, chosen by the text model: the ``tiny-llama3`` config gets Llama 3.1's
 special tokens (``<|begin_of_text|>``, ``<|eot_id|>``, ``<|eom_id|>``, ``<|end_of_text|>``,
 headers) and a chat template of Llama 3.1's shape (without its date lines), every other config
@@ -34,7 +41,7 @@ from pathlib import Path
 from .config import LlavaMiniConfig
 from .model import LlavaMini
 from .preprocess import ImageProcessorConfig
-from .weights import save_weights
+from .weights import TOWER_PREFIX, save_weights
 
 __all__ = ["make_tiny_checkpoint", "TINY_CORPUS"]
 
@@ -92,6 +99,23 @@ def _train_tokenizer(specials: tuple[str, ...], vocab_size: int, bos: str):  # -
     return tok
 
 
+def _clip_vision_config(cfg: LlavaMiniConfig) -> dict:
+    """The tower's HF ``CLIPVisionConfig`` fields."""
+    v = cfg.vision
+    return {
+        "model_type": "clip_vision_model",
+        "hidden_act": "quick_gelu",
+        "image_size": v.image_size,
+        "patch_size": v.patch_size,
+        "hidden_size": v.hidden_size,
+        "intermediate_size": v.intermediate_size,
+        "num_hidden_layers": v.num_layers,
+        "num_attention_heads": v.num_heads,
+        "num_channels": v.num_channels,
+        "layer_norm_eps": v.layer_norm_eps,
+    }
+
+
 def _hf_config(cfg: LlavaMiniConfig, *, bos: int, eos: int, tokenizer_model_max_length: int | None) -> dict:
     t, v = cfg.text, cfg.vision
     hf: dict = {
@@ -123,18 +147,7 @@ def _hf_config(cfg: LlavaMiniConfig, *, bos: int, eos: int, tokenizer_model_max_
         "mm_use_im_patch_token": False,
         "image_aspect_ratio": "pad",
         "tokenizer_padding_side": "right",
-        "vision_config": {
-            "model_type": "clip_vision_model",
-            "hidden_act": "quick_gelu",
-            "image_size": v.image_size,
-            "patch_size": v.patch_size,
-            "hidden_size": v.hidden_size,
-            "intermediate_size": v.intermediate_size,
-            "num_hidden_layers": v.num_layers,
-            "num_attention_heads": v.num_heads,
-            "num_channels": v.num_channels,
-            "layer_norm_eps": v.layer_norm_eps,
-        },
+        "vision_config": _clip_vision_config(cfg),
     }
     if t.rope_scaling is not None:
         r = t.rope_scaling
@@ -182,6 +195,7 @@ def make_tiny_checkpoint(
     seed: int = 0,
     std: float = 0.02,
     tokenizer_model_max_length: int | None = None,
+    vision_tower_dir: str | Path | None = None,
 ) -> Path:
     """Write a tiny checkpoint folder for the named config (:meth:`LlavaMiniConfig.from_name`,
     a ``tiny*`` name) with random weights (:meth:`LlavaMini.init_random_weights` with ``seed``
@@ -189,6 +203,9 @@ def make_tiny_checkpoint(
     on the image)
     into ``directory`` (created if needed; files of the same names are replaced). Returns the
     folder. ``tokenizer_model_max_length`` is written to ``config.json`` when given.
+    ``vision_tower_dir``: the official release layout, the tower in that folder (created if
+    needed; see the module docstring) and named by the checkpoint's ``mm_vision_tower``
+    (absolute path).
 
     The folder loads with ``LlavaMini.from_pretrained(d, LlavaMiniConfig.from_hf_config(
     json.load(open(d / "config.json"))))`` and :func:`llava_mini.prompt.load_tokenizer`; the
@@ -229,15 +246,27 @@ def make_tiny_checkpoint(
     )
     fast.save_pretrained(str(out))
     model = LlavaMini(cfg, backend="reference").init_random_weights(seed, std)
-    save_weights(model, out)
     hf = _hf_config(cfg, bos=ids[bos], eos=ids[eos], tokenizer_model_max_length=tokenizer_model_max_length)
+    processor = _processor_config(cfg.vision.image_size)
+    state = model.state_dict()
+    if vision_tower_dir is not None:
+        tower = Path(vision_tower_dir).resolve()
+        tower.mkdir(parents=True, exist_ok=True)
+        save_weights({k[len(TOWER_PREFIX) :]: v for k, v in state.items() if k.startswith(TOWER_PREFIX)}, tower)
+        tower_config = {"architectures": ["CLIPVisionModel"], **_clip_vision_config(cfg), "torch_dtype": "float32"}
+        for fname, doc in (("config.json", tower_config), ("preprocessor_config.json", processor)):
+            (tower / fname).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        state = {k: v for k, v in state.items() if not k.startswith(TOWER_PREFIX)}
+        hf["mm_vision_tower"] = str(tower)
+        del hf["vision_config"]
+        (out / "preprocessor_config.json").unlink(missing_ok=True)
+    save_weights(state, out)
     gen = {"bos_token_id": ids[bos], "eos_token_id": [ids[s] for s in stops], "pad_token_id": ids[pad]}
     if len(stops) == 1:
         gen["eos_token_id"] = ids[stops[0]]
-    for fname, doc in (
-        ("config.json", hf),
-        ("generation_config.json", gen),
-        ("preprocessor_config.json", _processor_config(cfg.vision.image_size)),
-    ):
+    files = {"config.json": hf, "generation_config.json": gen}
+    if vision_tower_dir is None:
+        files["preprocessor_config.json"] = processor
+    for fname, doc in files.items():
         (out / fname).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return out

@@ -16,6 +16,13 @@ are read into memory (no memory map: a checkpoint rewritten or truncated later c
 or kill the running model) unless ``mmap=True`` is asked for. Tensors must be floating point.
 Every error is a :class:`CheckpointError` (a ValueError) naming the file and, where one is
 at fault, the key.
+
+The official release layout keeps the CLIP vision tower out of the checkpoint: its weights are
+in the folder ``mm_vision_tower`` names (the official ``CLIPVisionTower.load_model``:
+``CLIPVisionModel.from_pretrained(mm_vision_tower)``). :func:`load_weights` with
+``vision_tower=`` reads them from there (:func:`read_vision_tower`: ``vision_model.*`` keys of a
+``CLIPVisionModel`` or a full ``CLIPModel`` folder, under the same file rules) when the
+checkpoint has no ``model.vision_tower.*`` key; a checkpoint that has them keeps its own.
 """
 
 from __future__ import annotations
@@ -33,13 +40,31 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 from torch import nn
 
-__all__ = ["CheckpointError", "WeightLoadError", "checkpoint_files", "read_checkpoint", "load_weights", "save_weights"]
+__all__ = [
+    "CheckpointError",
+    "WeightLoadError",
+    "checkpoint_files",
+    "read_checkpoint",
+    "read_vision_tower",
+    "load_weights",
+    "save_weights",
+]
 
 #: Checkpoint keys that are derived from the config and silently skipped.
 IGNORED_SUFFIXES = (".position_ids", "rotary_emb.inv_freq")
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 _LIST_LIMIT = 20
+#: Where the checkpoint keeps the CLIP tower: the official ``CLIPVisionTower`` wraps a
+#: ``CLIPVisionModel`` as ``vision_tower``, under ``model.vision_tower``.
+VISION_PREFIX = "model.vision_tower."
+TOWER_PREFIX = VISION_PREFIX + "vision_tower."
+#: Key prefixes of a full ``CLIPModel`` folder besides ``vision_model.``: the text half, which
+#: ``CLIPVisionModel.from_pretrained`` leaves out too.
+_CLIP_TEXT_PREFIXES = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
+#: The modules of ``vision_model``: transformers 5 saves a ``CLIPVisionModel`` under these names
+#: without the ``vision_model.`` prefix that transformers 4 (and the hub's CLIP folders) write.
+_CLIP_VISION_MODULES = ("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")
 
 
 class CheckpointError(ValueError):
@@ -176,6 +201,71 @@ def _read_with_sources(directory: str | Path, mmap: bool) -> tuple[dict[str, tor
     return out, source
 
 
+def read_vision_tower(directory: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The CLIP vision tower's tensors in a local tower folder (``CLIPVisionModel`` or full
+    ``CLIPModel`` safetensors, the file rules of :func:`checkpoint_files`) under the checkpoint's
+    names: ``vision_model.X`` becomes ``model.vision_tower.vision_tower.vision_model.X``, as
+    does ``X`` alone (transformers 5 saves a ``CLIPVisionModel`` without the ``vision_model.``
+    prefix); a ``CLIPModel``'s text half is left out; any other key keeps its name under the same
+    prefix (so that loading names it as unexpected). Both spellings of one key in a folder are a
+    CheckpointError."""
+    return _read_tower_with_sources(Path(directory), mmap)[0]
+
+
+def _read_tower_with_sources(directory: Path, mmap: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    found, names = _read_with_sources(directory, mmap)
+    out: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}
+    spelled: dict[str, str] = {}
+    for key, t in found.items():
+        if key.startswith(_CLIP_TEXT_PREFIXES):
+            continue
+        ours = TOWER_PREFIX + ("vision_model." + key if key.startswith(_CLIP_VISION_MODULES) else key)
+        if ours in out:
+            raise CheckpointError(
+                f"{directory}: keys {spelled[ours]} ({source[ours]}) and {key} ({directory / names[key]}) are the "
+                "same tower weight"
+            )
+        out[ours], source[ours], spelled[ours] = t, str(directory / names[key]), key
+    return out, source
+
+
+def _add_vision_tower(
+    found: dict[str, torch.Tensor],
+    source: dict[str, str],
+    directory: Path,
+    vision_tower: str | Path | None,
+    mmap: bool,
+) -> str | None:
+    """Put the tower folder's weights into ``found`` when the checkpoint has no vision tower key;
+    returns the tower folder used (None: the checkpoint's own). Missing everywhere: one
+    CheckpointError naming both places."""
+    if any(k.startswith(VISION_PREFIX) for k in found):
+        return None
+    where = f"no vision tower weights: the checkpoint {directory} has no {VISION_PREFIX}* keys"
+    if vision_tower is None:
+        raise CheckpointError(
+            f"{where}, and the config names no local vision tower folder (mm_vision_tower is a hub name or absent; "
+            "LlavaMiniConfig.from_hf_config(..., vision_tower=DIR) or lmini chat --vision-tower DIR names one)"
+        )
+    tower = Path(vision_tower)
+    if not tower.is_dir():
+        raise CheckpointError(f"{where}, and the vision tower folder {tower} (mm_vision_tower) does not exist")
+    if not any(tower.glob("*.safetensors")):
+        hint = (
+            " (its pytorch_model.bin is not read: only safetensors are)"
+            if (tower / "pytorch_model.bin").exists()
+            else ""
+        )
+        raise CheckpointError(
+            f"{where}, and the vision tower folder {tower} (mm_vision_tower) has no .safetensors files{hint}"
+        )
+    tensors, names = _read_tower_with_sources(tower, mmap)
+    found.update(tensors)
+    source.update(names)
+    return str(tower)
+
+
 def _check(
     expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], where: Mapping[str, str] | None = None
 ) -> None:
@@ -192,9 +282,19 @@ def _check(
 
 @torch.no_grad()
 def load_weights(
-    model: nn.Module, directory: str | Path, *, mmap: bool = False, dtype: torch.dtype | None = None
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    mmap: bool = False,
+    dtype: torch.dtype | None = None,
+    vision_tower: str | Path | None = None,
 ) -> nn.Module:
     """Load a local checkpoint directory into ``model`` strictly; returns ``model``.
+
+    ``vision_tower``: a local CLIP folder (the config's ``mm_vision_tower``) whose weights
+    (:func:`read_vision_tower`) stand in for the checkpoint's when it has no
+    ``model.vision_tower.*`` key (the official release layout); in their own dtype they take
+    the checkpoint's (a CLIP folder in float32 beside a float16 checkpoint, as released).
 
     Tensors are copied into the existing parameters (cast to their dtype and device). A model
     built on the ``meta`` device gets the checkpoint tensors assigned instead (on CPU, cast to
@@ -204,6 +304,7 @@ def load_weights(
     meta model the parameters then stay mapped onto the files; documented, not the default).
     """
     found, source = _read_with_sources(directory, mmap)
+    tower = _add_vision_tower(found, source, Path(directory), vision_tower, mmap)
     found = {k: v for k, v in found.items() if not k.endswith(IGNORED_SUFFIXES)}
     expected = model.state_dict()
     _check(expected, found, source)
@@ -213,7 +314,11 @@ def load_weights(
     elif on_meta:
         dtypes: dict[torch.dtype, str] = {}
         for k, v in found.items():
-            dtypes.setdefault(v.dtype, k)
+            if tower is None or not k.startswith(VISION_PREFIX):
+                dtypes.setdefault(v.dtype, k)
+        if tower is not None and len(dtypes) == 1:
+            (own,) = dtypes
+            found = {k: v.to(own) if k.startswith(VISION_PREFIX) else v for k, v in found.items()}
         if len(dtypes) > 1:
             (d0, k0), (d1, k1) = list(dtypes.items())[:2]
             raise CheckpointError(

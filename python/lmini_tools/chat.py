@@ -3,8 +3,9 @@
 ``lmini chat --model DIR (--image FILE | --video FILE) "question"`` loads the folder
 (``config.json`` through :meth:`LlavaMiniConfig.from_hf_config`, the weights through
 :meth:`LlavaMini.from_pretrained`, the tokenizer and ``preprocessor_config.json``), builds the
-prompt in the official format (:mod:`llava_mini.prompt`: the ``vicuna_v1`` or
-``llava_llama_3_1`` template, ``<image>`` as the placeholder id -200), preprocesses the image
+prompt in the official format (:mod:`llava_mini.prompt`: the ``vicuna_v1``, ``llava_v1`` or
+``llava_llama_3_1`` template, ``<image>`` as the placeholder id -200, wrapped in ``<im_start>``
+/ ``<im_end>`` with ``mm_use_im_start_end``), preprocesses the image
 (:class:`llava_mini.preprocess.ImagePreprocessor`) or streams the video's frames in chunks
 (:func:`llava_mini.video.stream_video`, fed lazily to the model's chunk-iterable video path),
 and prints the answer on stdout as it is generated. Timings go to stderr. Greedy by default;
@@ -12,14 +13,16 @@ and prints the answer on stdout as it is generated. Timings go to stderr. Greedy
 ``run_llava_mini.py`` does. ``--compare-official-path`` answers a second time on the official
 per-frame pre-fusion path (``prefusion="official"``) and prints both latencies (each path run
 once unmeasured first, so that neither pays for loading the kernels).
-No network: everything comes from DIR (``lmini chat --model $(python -c ...make_tiny_checkpoint...)``
-works on a tiny checkpoint, see the README).
+The official release layout, the vision tower's weights and processor in the folder
+``mm_vision_tower`` names, loads from there; ``--vision-tower DIR`` names a local copy in place
+of a released config's hub name. No network: everything comes from DIR and the tower folder
+(``lmini chat --model $(python -c ...make_tiny_checkpoint...)`` works on a tiny checkpoint, see
+the README).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -70,8 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--conv-mode",
         default=None,
-        choices=("vicuna_v1", "llava_llama_3_1"),
+        choices=("vicuna_v1", "llava_v1", "llava_llama_3_1"),
         help="conversation template (default: llava_llama_3_1 with a Llama 3 tokenizer, else vicuna_v1)",
+    )
+    p.add_argument(
+        "--vision-tower",
+        metavar="DIR",
+        default=None,
+        help="local CLIP folder to use as config.json's mm_vision_tower (e.g. a downloaded copy of the hub tower a "
+        "released config names): its size, and its weights and preprocessor_config.json when DIR lacks them",
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--temperature", type=_temperature, default=0.0, help="0: greedy (default); > 0: sample")
@@ -83,10 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_checkpoint_config(folder: Path):
-    """The :class:`llava_mini.LlavaMiniConfig` of a checkpoint folder's ``config.json``; a
-    missing folder or file, bad JSON or a bad field is one error naming the file."""
-    from llava_mini.config import LlavaMiniConfig
+def read_checkpoint_config(folder: Path, vision_tower: str | None = None):
+    """The :class:`llava_mini.LlavaMiniConfig` of a checkpoint folder's ``config.json`` (with
+    ``vision_tower`` in place of its ``mm_vision_tower``); a missing folder or file, bad JSON or
+    a bad field is one error naming the file."""
+    from llava_mini.config import LlavaMiniConfig, read_json_file
 
     if not folder.is_dir():
         raise UsageError(f"--model {folder}: not a checkpoint folder (no such directory)")
@@ -94,11 +105,11 @@ def read_checkpoint_config(folder: Path):
     if not path.is_file():
         raise UsageError(f"--model {folder}: no config.json")
     try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: not a readable JSON file ({e})") from None
+        hf = read_json_file(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     try:
-        return LlavaMiniConfig.from_hf_config(hf, name=folder.name)
+        return LlavaMiniConfig.from_hf_config(hf, name=folder.name, vision_tower=vision_tower)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 
@@ -152,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from llava_mini.video import stream_video
 
     folder = Path(args.model)
-    cfg = read_checkpoint_config(folder)
+    cfg = read_checkpoint_config(folder, args.vision_tower)
     device = torch.device(resolve_device(args.device))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # under torchrun: the video's frames are sharded over the ranks
@@ -175,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = load_tokenizer(folder)
     template = args.conv_mode or default_template(tok)
     has_media = args.image is not None or args.video is not None
-    prompt = build_prompt(args.question, template, tokenizer=tok, image=has_media)
+    prompt = build_prompt(args.question, template, tokenizer=tok, image=has_media, im_start_end=cfg.use_im_start_end)
     ids = torch.tensor([tokenizer_image_token(prompt, tok, image=has_media)], device=device)
     eos = eos_token_ids(folder, tok)
     pre = ImagePreprocessor.for_model(cfg, folder)

@@ -59,7 +59,7 @@ def test_llama_3_1_prompt_goes_through_the_chat_template(tiny_checkpoint) -> Non
     plain = load_tokenizer(tiny_checkpoint("tiny"))
     with pytest.raises(ValueError, match="chat_template"):
         build_prompt("Hi", "llava_llama_3_1", tokenizer=plain)
-    with pytest.raises(ValueError, match="template: expected one of vicuna_v1, llava_llama_3_1"):
+    with pytest.raises(ValueError, match="template: expected one of vicuna_v1, llava_v1, llava_llama_3_1"):
         build_prompt("Hi", "llama_2")
 
 
@@ -143,3 +143,44 @@ def test_prompt_ids_run_through_the_model(name: str, tiny_checkpoint, gen) -> No
     with torch.no_grad():
         mm = m.prepare_inputs(ids, images)
     assert mm.inputs_embeds.shape[1] == ids.shape[1] - 1 + m.config.num_queries
+
+
+def test_llava_v1_template_is_the_official_string() -> None:
+    human = (
+        "A chat between a curious human and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    )
+    assert build_prompt("What is shown?", "llava_v1") == f"{human} USER: <image>\nWhat is shown? ASSISTANT:"
+    assert build_prompt("Hi", "llava_v1", image=False) == f"{human} USER: Hi ASSISTANT:"
+    assert CONV_TEMPLATES["llava_v1"].stop_str == "</s>"
+
+
+def test_im_start_end_wraps_the_image_token(tiny_checkpoint, tmp_path) -> None:
+    from llava_mini import LlavaMiniConfig
+    from llava_mini.prompt import IM_END_TOKEN, IM_START_TOKEN
+
+    se = "<im_start><image><im_end>"
+    assert (IM_START_TOKEN, IM_END_TOKEN) == ("<im_start>", "<im_end>")
+    assert build_prompt("Q?", "vicuna_v1", im_start_end=True) == f"{VICUNA_SYSTEM} USER: {se}\nQ? ASSISTANT:"
+    assert build_prompt("A <image-placeholder> B", "llava_v1", im_start_end=True).endswith(f"USER: A {se} B ASSISTANT:")
+    assert build_prompt("Hi", "vicuna_v1", image=False, im_start_end=True) == f"{VICUNA_SYSTEM} USER: Hi ASSISTANT:"
+    with pytest.raises(ValueError, match="im_start_end: expected a bool"):
+        build_prompt("Q", "vicuna_v1", im_start_end=1)
+    # a tokenizer trained with them has them as added tokens (official initialize_vision_tokenizer):
+    # they stand right beside the image's placeholder id
+    d = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint("tiny-llama3"), d)
+    tok = load_tokenizer(d)
+    tok.add_tokens([IM_START_TOKEN, IM_END_TOKEN], special_tokens=True)
+    prompt = build_prompt("Q?", "llava_llama_3_1", tokenizer=tok, im_start_end=True)
+    assert f"{se}\nQ?" in prompt
+    ids = tokenizer_image_token(prompt, tok)
+    at = ids.index(IMAGE_TOKEN_INDEX)
+    assert ids.count(IMAGE_TOKEN_INDEX) == 1 and ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 2
+    assert tok.convert_ids_to_tokens(ids[at - 1 : at + 2 : 2]) == [IM_START_TOKEN, IM_END_TOKEN]
+    # the config field: official mm_use_im_start_end, false in the tiny checkpoints
+    hf = json.loads((d / "config.json").read_text())
+    assert not LlavaMiniConfig.from_hf_config(hf).use_im_start_end
+    assert LlavaMiniConfig.from_hf_config({**hf, "mm_use_im_start_end": True}).use_im_start_end
+    with pytest.raises(ValueError, match="mm_use_im_start_end: expected true or false"):
+        LlavaMiniConfig.from_hf_config({**hf, "mm_use_im_start_end": "yes"})

@@ -103,6 +103,29 @@ def test_image_answer_and_official_path(media, tmp_path) -> None:
     assert out.stdout.strip() == load_tokenizer(folder).decode(ids[:first], skip_special_tokens=True).strip()
 
 
+def test_release_layout_with_the_tower_folder_given(media, tmp_path) -> None:
+    """The official release layout: the tower's weights and processor in their own folder, the
+    config naming the hub tower; ``--vision-tower DIR`` gives the folder and the answer is the
+    all-in-one checkpoint's; without it, one line naming both places looked at."""
+    tower = tmp_path / "tower"
+    folder = make_tiny_checkpoint(tmp_path / "release", "tiny", seed=5, std=STD, vision_tower_dir=tower)
+    hf = json.loads((folder / "config.json").read_text())
+    hf["mm_vision_tower"] = "openai/clip-vit-large-patch14-336"  # as released: a hub name
+    del hf["mm_hidden_size"]  # (1024 in the release; the tiny tower is 32 wide)
+    (folder / "config.json").write_text(json.dumps(hf))
+    q = "What is in the image?"
+    out = chat("--model", str(folder), "--vision-tower", str(tower), "--image", str(media["png"]), q,
+               "--max-new-tokens", "10")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    whole = chat("--model", str(media["tiny"]), "--image", str(media["png"]), q, "--max-new-tokens", "10")
+    assert whole.returncode == 0, whole.stderr
+    assert out.stdout.strip() == whole.stdout.strip() and out.stdout.strip()
+    bare = chat("--model", str(folder), "--image", str(media["png"]), q, "--max-new-tokens", "10")
+    assert bare.returncode == 2 and "Traceback" not in bare.stderr
+    last = bare.stderr.strip().splitlines()[-1]
+    assert f"the checkpoint {folder} has no model.vision_tower.* keys" in last and "--vision-tower" in last
+
+
 def test_video_streamed_in_chunks_with_sampling(media) -> None:
     folder = media["tiny-llama3"]
     q = "What happens in the video?"
