@@ -20,11 +20,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <immintrin.h>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "lmini/cpu/isa.h"
 #include "lmini/cpu/row_convert.h"
+#include "cpu_bf16.h"
 #include "lmini/math.h"
 #include "lmini/torch_utils.h"
 #include "schema.h"
@@ -45,16 +49,21 @@ struct Problem {
   float scale;
 };
 
-// kW: floats per vector register of the copy; kRowBlock: query rows scored together, each K
-// vector load feeding kRowBlock FMAs; kScoreAcc: score accumulators held in registers (4 x 4
-// of 32 zmm with AVX-512; 2 x 4 of 16 ymm with AVX2, the 64-key tile in two halves; 2 x 4 of
-// 16 xmm with SSE, in four quarters); kPvRowBlock: rows of
-// P V per pass (kPvRowBlock x 2 accumulators, each loaded V vector feeds kPvRowBlock FMAs).
+// kW: floats per vector register of the copy; kRowBlock: query rows scored (and multiplied by
+// V) together, each K or V vector load feeding kRowBlock FMAs; kScoreAcc: score accumulators
+// held in registers (6 x 4 of 32 zmm with AVX-512; 3 x 4 of 16 ymm with AVX2, the 64-key tile
+// in two halves; 2 x 4 of 16 xmm with SSE, in four quarters); kPvVecs: output vectors per row
+// of a P V pass (kRowBlock x kPvVecs accumulators). transpose_block: dst[c * ldd + i] =
+// rows[i][c0 + c] for a kW x kW block of 32-bit words, in registers.
 namespace isa_default {
 constexpr int kW = 4;
 constexpr int kRowBlock = 2;
 constexpr int kScoreAcc = 8;
-constexpr int kPvRowBlock = 2;
+constexpr int kPvVecs = 2;
+static inline void transpose_block(const float* const* rows, int64_t c0, float* dst, int64_t ldd) {
+  for (int i = 0; i < kW; ++i)
+    for (int c = 0; c < kW; ++c) dst[c * ldd + i] = rows[i][c0 + c];
+}
 #include "cpu_tile_body.h"
 }  // namespace isa_default
 
@@ -62,9 +71,27 @@ constexpr int kPvRowBlock = 2;
 #pragma GCC target("avx2,fma")
 namespace isa_avx2 {
 constexpr int kW = 8;
-constexpr int kRowBlock = 4;
-constexpr int kScoreAcc = 8;
-constexpr int kPvRowBlock = 4;
+constexpr int kRowBlock = 3;
+constexpr int kScoreAcc = 12;
+constexpr int kPvVecs = 4;
+static inline void transpose_block(const float* const* rows, int64_t c0, float* dst, int64_t ldd) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    const __m256 a = _mm256_loadu_ps(rows[i] + c0), b = _mm256_loadu_ps(rows[i + 1] + c0);
+    t[i] = _mm256_unpacklo_ps(a, b);
+    t[i + 1] = _mm256_unpackhi_ps(a, b);
+  }
+  for (int g = 0; g < 2; ++g) {  // rows 4g .. 4g + 3: u[4g + m] holds columns m and m + 4
+    u[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  for (int m = 0; m < 4; ++m) {
+    _mm256_storeu_ps(dst + m * ldd, _mm256_permute2f128_ps(u[m], u[4 + m], 0x20));
+    _mm256_storeu_ps(dst + (m + 4) * ldd, _mm256_permute2f128_ps(u[m], u[4 + m], 0x31));
+  }
+}
 #include "cpu_tile_body.h"
 }  // namespace isa_avx2
 #pragma GCC pop_options
@@ -73,9 +100,34 @@ constexpr int kPvRowBlock = 4;
 #pragma GCC target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512")
 namespace isa_avx512 {
 constexpr int kW = 16;
-constexpr int kRowBlock = 4;
-constexpr int kScoreAcc = 16;
-constexpr int kPvRowBlock = 4;
+constexpr int kRowBlock = 6;
+constexpr int kScoreAcc = 24;
+constexpr int kPvVecs = 4;
+static inline void transpose_block(const float* const* rows, int64_t c0, float* dst, int64_t ldd) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    const __m512 a = _mm512_loadu_ps(rows[i] + c0), b = _mm512_loadu_ps(rows[i + 1] + c0);
+    t[i] = _mm512_unpacklo_ps(a, b);
+    t[i + 1] = _mm512_unpackhi_ps(a, b);
+  }
+  // rows 4g .. 4g + 3: u[4g + m], 128-bit lane l, holds column 4l + m
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    u[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512 x = _mm512_shuffle_f32x4(u[m], u[4 + m], 0x88);  // columns m, m + 8 of rows 0-7
+    const __m512 y = _mm512_shuffle_f32x4(u[m], u[4 + m], 0xDD);  // columns m + 4, m + 12
+    const __m512 x2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0x88);  // the same of rows 8-15
+    const __m512 y2 = _mm512_shuffle_f32x4(u[8 + m], u[12 + m], 0xDD);
+    _mm512_storeu_ps(dst + m * ldd, _mm512_shuffle_f32x4(x, x2, 0x88));
+    _mm512_storeu_ps(dst + (m + 8) * ldd, _mm512_shuffle_f32x4(x, x2, 0xDD));
+    _mm512_storeu_ps(dst + (m + 4) * ldd, _mm512_shuffle_f32x4(y, y2, 0x88));
+    _mm512_storeu_ps(dst + (m + 12) * ldd, _mm512_shuffle_f32x4(y, y2, 0xDD));
+  }
+}
 #include "cpu_tile_body.h"
 }  // namespace isa_avx512
 #pragma GCC pop_options
@@ -89,18 +141,24 @@ void run(const Problem<T>& pr, int64_t batch) {
   const int64_t tasks = batch * pr.hkv * qtiles;
   const int64_t rows = bm * pr.group;
   // + 2 * rows: the per-row key limits (int64) of a diagonal tile, after the converted K row
-  const int64_t work_floats = rows * pr.d + 2 * kTileN * pr.d + rows * kTileN + rows * pr.d + 2 * rows + pr.d + 2 * rows + 2;
+  const int64_t work_floats =
+      2 * rows * pr.d + 3 * kTileN * pr.d + rows * kTileN * 3 / 2 + 2 * rows + pr.d + 2 + 2 * rows;
   const Isa isa = cpu_isa();
   const HalfRowFn half_fn = pick_half_row_fn(isa != Isa::base);
+  // bf16 dot products (cpu_bf16.h) for bf16 inputs on the AVX-512 copy of a CPU with avx512_bf16
+  bool dp = false;
+#if LMINI_HAVE_BF16_KERNELS
+  dp = std::is_same_v<T, c10::BFloat16> && isa == Isa::avx512 && pr.d % 32 == 0 && bf16dp::cpu_has_avx512bf16();
+#endif
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> work(work_floats);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t qt = t % qtiles, hk = (t / qtiles) % pr.hkv, b = t / (qtiles * pr.hkv);
       const int64_t q0 = qt * bm, n = std::min(bm, pr.lq - q0);
       switch (isa) {
-        case Isa::avx512: isa_avx512::attention_task(pr, b, hk, q0, n, work.data(), half_fn); break;
-        case Isa::avx2: isa_avx2::attention_task(pr, b, hk, q0, n, work.data(), half_fn); break;
-        case Isa::base: isa_default::attention_task(pr, b, hk, q0, n, work.data(), half_fn); break;
+        case Isa::avx512: isa_avx512::attention_task(pr, b, hk, q0, n, work.data(), half_fn, dp); break;
+        case Isa::avx2: isa_avx2::attention_task(pr, b, hk, q0, n, work.data(), half_fn, dp); break;
+        case Isa::base: isa_default::attention_task(pr, b, hk, q0, n, work.data(), half_fn, dp); break;
       }
     }
   });

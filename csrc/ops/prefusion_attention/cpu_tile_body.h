@@ -2,14 +2,22 @@
 //
 // Included three times by cpu.cpp, inside three namespaces: for the build's default ISA, under
 // `#pragma GCC target("avx2,fma")` and under the AVX-512 target, each with its own register
-// width kW and blocking constants, so that the same loops are vectorised for whichever the
-// running CPU supports (the extension is built without -march flags; lmini/cpu/isa.h picks
-// the copy). No torch types here: plain pointers, fp32 math; exponentials are math.h's
-// exp_nonpositive. Do not include it anywhere else.
+// width kW, blocking constants and in-register transpose `transpose_block` (kW x kW 32-bit
+// words), so that the same loops are vectorised for whichever the running CPU supports (the
+// extension is built without -march flags; lmini/cpu/isa.h picks the copy). No torch types
+// here: plain pointers, fp32 math; exponentials are math.h's exp_nonpositive. Do not include
+// it anywhere else.
 //
 // One call computes one task: batch b, key/value head hk, query rows [q0, q0 + bm) of every
 // query head of the GQA group (rows ordered (query, head-in-group)), streaming the keys in
-// tiles of kTileN with the online softmax.
+// tiles of kTileN with the online softmax. Per tile: K is transposed into kt (d x kTileN) with
+// kW x kW register transposes straight from the strided rows (fp32), or from rows converted to
+// fp32 first (fp16, bf16); V is read in place (fp32, no hidden key in the tile) or converted
+// into vf. With bf16 inputs and `dp` (AVX-512 BF16, cpu_bf16.h) K is transposed as bf16 pairs
+// and V interleaved by pairs of keys, and both products run as bf16 dot products. The next
+// tile's K and V rows are prefetched while the current one is computed (rows of one head are
+// Hkv * d elements apart: a page apart at the 7B shape, which the hardware prefetcher does
+// not follow).
 
 // kW floats: one register of this copy's ISA (16 with AVX-512, 8 with AVX2, 4 with SSE). A GCC
 // vector wider than the target's registers has no machine mode and every operation on it goes
@@ -20,6 +28,16 @@ typedef float vecwu __attribute__((vector_size(4 * kW), aligned(4)));
 
 static inline vecw loadw(const float* p) { return *reinterpret_cast<const vecwu*>(p); }
 static inline void storew(float* p, vecw v) { *reinterpret_cast<vecwu*>(p) = v; }
+
+// kt[c, j] = rows[j][c] for j < kTileN, c < w (32-bit words), kW x kW blocks in registers.
+static inline void transpose_tile(const float* const* rows, int64_t w, float* kt) {
+  const int64_t wfull = w - w % kW;
+  for (int64_t j0 = 0; j0 < kTileN; j0 += kW) {
+    for (int64_t c0 = 0; c0 < wfull; c0 += kW) transpose_block(rows + j0, c0, kt + c0 * kTileN + j0, kTileN);
+    for (int64_t c = wfull; c < w; ++c)
+      for (int64_t j = j0; j < j0 + kW; ++j) kt[c * kTileN + j] = rows[j][c];
+  }
+}
 
 // s[r, :] = bias + sum_c q[r, c] * kt[c, :] over the kTileN keys, for R rows (q rows d apart).
 // The tile's V vectors per row are taken VB at a time, so the R x VB accumulators, one K vector
@@ -46,77 +64,101 @@ static inline void score_rows(const float* q, const float* kt, const float* bias
   }
 }
 
-// acc[r, :] += sum_{j < n} p[r, j] * v[j, :] for R rows (p rows 64 apart, acc rows d apart),
-// 2 * kW output columns per pass kept in registers. With Limited, row r takes only the keys
-// j < lim[r] (its causal horizon in the tile): a key past it is skipped, not multiplied by a
-// zero probability, so a NaN or inf in its V (visible to later rows) cannot reach row r.
-template <int R, bool Limited = false>
-static inline void pv_rows(const float* p, const float* v, float* acc, int64_t n, int64_t d,
-                           const int64_t* lim = nullptr) {
-  int64_t c0 = 0;
-  for (; c0 + 2 * kW <= d; c0 += 2 * kW) {
-    vecw a[R][2];
-    for (int r = 0; r < R; ++r) {
-      a[r][0] = loadw(acc + r * d + c0);
-      a[r][1] = loadw(acc + r * d + c0 + kW);
-    }
+// acc[r, :] += sum_{j < n} p[r, j] * v[j, :] for R rows (p rows kTileN apart, acc rows d apart,
+// v rows ldv apart), kPvVecs * kW output columns per pass kept in registers. With Limited, row
+// r takes only the keys j < lim[r] (its causal horizon in the tile): a key past it is skipped,
+// not multiplied by a zero probability, so a NaN or inf in its V (visible to later rows)
+// cannot reach row r.
+template <int R, int U, bool Limited>
+static inline int64_t pv_pass(const float* p, const float* v, int64_t ldv, float* acc, int64_t n, int64_t d,
+                              int64_t c0, const int64_t* lim) {
+  for (; c0 + U * kW <= d; c0 += U * kW) {
+    vecw a[R][U];
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < U; ++u) a[r][u] = loadw(acc + r * d + c0 + kW * u);
     for (int64_t j = 0; j < n; ++j) {
-      const vecw v0 = loadw(v + j * d + c0), v1 = loadw(v + j * d + c0 + kW);
+      vecw vv[U];
+      for (int u = 0; u < U; ++u) vv[u] = loadw(v + j * ldv + c0 + kW * u);
       for (int r = 0; r < R; ++r) {
         if (Limited && j >= lim[r]) continue;
         const float pj = p[r * kTileN + j];
-        a[r][0] += pj * v0;
-        a[r][1] += pj * v1;
+        for (int u = 0; u < U; ++u) a[r][u] += pj * vv[u];
       }
     }
-    for (int r = 0; r < R; ++r) {
-      storew(acc + r * d + c0, a[r][0]);
-      storew(acc + r * d + c0 + kW, a[r][1]);
-    }
+    for (int r = 0; r < R; ++r)
+      for (int u = 0; u < U; ++u) storew(acc + r * d + c0 + kW * u, a[r][u]);
   }
-  for (; c0 + kW <= d; c0 += kW) {
-    vecw a[R];
-    for (int r = 0; r < R; ++r) a[r] = loadw(acc + r * d + c0);
-    for (int64_t j = 0; j < n; ++j) {
-      const vecw v0 = loadw(v + j * d + c0);
-      for (int r = 0; r < R; ++r)
-        if (!Limited || j < lim[r]) a[r] += p[r * kTileN + j] * v0;
-    }
-    for (int r = 0; r < R; ++r) storew(acc + r * d + c0, a[r]);
-  }
+  return c0;
+}
+
+template <int R, bool Limited = false>
+static inline void pv_rows(const float* p, const float* v, int64_t ldv, float* acc, int64_t n, int64_t d,
+                           const int64_t* lim = nullptr) {
+  int64_t c0 = pv_pass<R, kPvVecs, Limited>(p, v, ldv, acc, n, d, 0, lim);
+  c0 = pv_pass<R, 1, Limited>(p, v, ldv, acc, n, d, c0, lim);
   for (; c0 < d; ++c0) {  // head dims that are not a multiple of kW
     for (int r = 0; r < R; ++r) {
       float t = acc[r * d + c0];
       const int64_t nr = Limited ? std::min(n, lim[r]) : n;
-      for (int64_t j = 0; j < nr; ++j) t += p[r * kTileN + j] * v[j * d + c0];
+      for (int64_t j = 0; j < nr; ++j) t += p[r * kTileN + j] * v[j * ldv + c0];
       acc[r * d + c0] = t;
     }
   }
 }
 
+template <bool Limited>
+static inline void pv_all(const float* s, const float* v, int64_t ldv, float* acc, int64_t rows, int64_t n,
+                          int64_t d, const int64_t* lim) {
+  int64_t r = 0;
+  for (; r + kRowBlock <= rows; r += kRowBlock)
+    pv_rows<kRowBlock, Limited>(s + r * kTileN, v, ldv, acc + r * d, n, d, Limited ? lim + r : nullptr);
+  for (; r < rows; ++r) pv_rows<1, Limited>(s + r * kTileN, v, ldv, acc + r * d, n, d, Limited ? lim + r : nullptr);
+}
+
+template <typename T>
+static inline void prefetch_rows(const T* base, int64_t stride, int64_t n, int64_t d) {
+  const int64_t bytes = d * int64_t(sizeof(T));
+  for (int64_t j = 0; j < n; ++j) {
+    const char* row = reinterpret_cast<const char*>(base + j * stride);
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(row + o);
+  }
+}
+
 template <typename T>
 static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t q0, int64_t bm, float* work,
-                           HalfRowFn half_fn) {
+                           HalfRowFn half_fn, bool dp) {
+  constexpr bool kF32 = std::is_same_v<T, float>;
   const int64_t d = pr.d, g = pr.group, rows = bm * g;
-  // Scratch (fp32): Q rows (pre-scaled), K tile transposed (d x kTileN), V tile (kTileN x d),
-  // the score tile, the output accumulators and the per-row softmax state.
+  const int64_t w = d / 2;  // bf16 pair words per row (dp only: d % 32 == 0)
+  // Scratch (fp32 unless dp): Q rows (pre-scaled; dp: raw bf16 pairs), K tile transposed
+  // (d x kTileN), V tile (kTileN x d), K rows converted (kTileN x d), the score tile, P as bf16
+  // pairs (dp), the output accumulators, the per-row softmax state and a row of zeros.
   float* qf = work;
   float* kt = qf + rows * d;
   float* vf = kt + d * kTileN;
-  float* s = vf + kTileN * d;
-  float* acc = s + rows * kTileN;
+  float* kc = vf + kTileN * d;
+  float* s = kc + kTileN * d;
+  float* pwf = s + rows * kTileN;
+  float* acc = pwf + rows * kTileN / 2;
   float* mrow = acc + rows * d;
   float* lrow = mrow + rows;
-  float* row = lrow + rows;  // one converted K row
+  float* zero = lrow + rows;
   // per-row key limits of a diagonal tile, on an 8-byte boundary (work has 2 floats of slack)
-  int64_t* lim = reinterpret_cast<int64_t*>(row + d + ((row + d - work) & 1));
+  int64_t* lim = reinterpret_cast<int64_t*>(zero + d + ((zero + d - work) & 1));
   alignas(64) float kbias[kTileN];
+  const float* krows[kTileN];
+  const T* vrows[kTileN];
 
+  for (int64_t c = 0; c < d; ++c) zero[c] = 0.0f;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = q0 + r / g, h = hk * g + r % g;
     const T* src = pr.q + b * pr.sqb + i * pr.sql + h * pr.sqh;
-    convert_row(src, qf + r * d, d, half_fn);
-    for (int64_t c = 0; c < d; ++c) qf[r * d + c] *= pr.scale;
+    if (dp) {
+      std::memcpy(qf + r * w, src, d * sizeof(T));
+    } else {
+      convert_row(src, qf + r * d, d, half_fn);
+      for (int64_t c = 0; c < d; ++c) qf[r * d + c] *= pr.scale;
+    }
     for (int64_t c = 0; c < d; ++c) acc[r * d + c] = 0.0f;
     mrow[r] = -INFINITY;
     lrow[r] = 0.0f;
@@ -124,37 +166,52 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
   const int64_t offset = pr.lk - pr.lq;  // query i is position offset + i
   const int64_t key_end = pr.causal ? std::min(pr.lk, offset + q0 + bm) : pr.lk;
   const bool* pad = pr.pad == nullptr ? nullptr : pr.pad + b * pr.lk;
+  const T* kbase = pr.k + b * pr.skb + hk * pr.skh;
+  const T* vbase = pr.v + b * pr.svb + hk * pr.svh;
+  prefetch_rows(kbase, pr.skl, std::min(kTileN, key_end), d);
+  prefetch_rows(vbase, pr.svl, std::min(kTileN, key_end), d);
 
   for (int64_t k0 = 0; k0 < key_end; k0 += kTileN) {
     const int64_t n = std::min<int64_t>(kTileN, key_end - k0);
-    bool any_key = false;
+    bool any_key = false, all_keys = true;
     for (int64_t j = 0; j < kTileN; ++j) {
       const bool ok = j < n && (pad == nullptr || !pad[k0 + j]);
       kbias[j] = ok ? 0.0f : -INFINITY;
       any_key |= ok;
+      all_keys &= ok || j >= n;
     }
     if (!any_key) continue;
-    for (int64_t j = 0; j < n; ++j) {
-      if (kbias[j] != 0.0f) {  // a padded key is never read: whatever its K and V hold changes nothing
-        for (int64_t c = 0; c < d; ++c) kt[c * kTileN + j] = 0.0f;
-        for (int64_t c = 0; c < d; ++c) vf[j * d + c] = 0.0f;
-        continue;
+    if (k0 + kTileN < key_end) {
+      const int64_t nn = std::min(kTileN, key_end - k0 - kTileN);
+      prefetch_rows(kbase + (k0 + kTileN) * pr.skl, pr.skl, nn, d);
+      prefetch_rows(vbase + (k0 + kTileN) * pr.svl, pr.svl, nn, d);
+    }
+    // A padded key, or one past the tile's end, is never read: its rows are the zero row.
+    for (int64_t j = 0; j < kTileN; ++j) {
+      const bool ok = kbias[j] == 0.0f;
+      vrows[j] = ok ? vbase + (k0 + j) * pr.svl : reinterpret_cast<const T*>(zero);
+      if constexpr (kF32) {
+        krows[j] = ok ? kbase + (k0 + j) * pr.skl : zero;
+      } else if (dp) {
+        krows[j] = ok ? reinterpret_cast<const float*>(kbase + (k0 + j) * pr.skl) : zero;
+      } else {
+        if (ok) convert_row(kbase + (k0 + j) * pr.skl, kc + j * d, d, half_fn);
+        krows[j] = ok ? kc + j * d : zero;
       }
-      const T* ks = pr.k + b * pr.skb + (k0 + j) * pr.skl + hk * pr.skh;
-      const T* vs = pr.v + b * pr.svb + (k0 + j) * pr.svl + hk * pr.svh;
-      convert_row(ks, row, d, half_fn);
-      for (int64_t c = 0; c < d; ++c) kt[c * kTileN + j] = row[c];
-      convert_row(vs, vf + j * d, d, half_fn);
     }
-    for (int64_t j = n; j < kTileN; ++j) {  // finite filler: 0 * garbage could be NaN
-      for (int64_t c = 0; c < d; ++c) kt[c * kTileN + j] = 0.0f;
-    }
-    // Scores: S[r, :] = kbias + sum_c q[r, c] * Kt[c, :], kRowBlock rows at a time: the
-    // kRowBlock x 64 accumulators stay in vector registers, each K vector load feeds
-    // kRowBlock FMAs.
+    transpose_tile(krows, dp ? w : d, kt);
     int64_t r = 0;
-    for (; r + kRowBlock <= rows; r += kRowBlock) score_rows<kRowBlock>(qf + r * d, kt, kbias, s + r * kTileN, d);
-    for (; r < rows; ++r) score_rows<1>(qf + r * d, kt, kbias, s + r * kTileN, d);
+    if (dp) {
+#if LMINI_HAVE_BF16_KERNELS
+      bf16dp::scores(reinterpret_cast<const uint32_t*>(qf), rows, reinterpret_cast<const uint32_t*>(kt), w,
+                     pr.scale, kbias, s);
+#endif
+    } else {
+      // S[r, :] = kbias + sum_c q[r, c] * Kt[c, :], kRowBlock rows at a time: the accumulators
+      // stay in vector registers, each K vector load feeds kRowBlock FMAs.
+      for (; r + kRowBlock <= rows; r += kRowBlock) score_rows<kRowBlock>(qf + r * d, kt, kbias, s + r * kTileN, d);
+      for (; r < rows; ++r) score_rows<1>(qf + r * d, kt, kbias, s + r * kTileN, d);
+    }
     // Online softmax: per row, the new max, the rescale factor of the running sums, P.
     for (r = 0; r < rows; ++r) {
       float* sr = s + r * kTileN;
@@ -186,17 +243,32 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
         for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
       }
     }
-    // acc += P V, kPvRowBlock rows at a time, 2 * kW output columns per pass in registers. On a
-    // tile that crosses the first row's causal horizon, each row stops at its own horizon.
+    // acc += P V. On a tile that crosses the first row's causal horizon, each row stops at its
+    // own horizon (fp32 V, key by key).
     const bool limited = pr.causal && offset + q0 - k0 + 1 < n;
+    if (dp && !limited) {
+#if LMINI_HAVE_BF16_KERNELS
+      bf16dp::pack_v(reinterpret_cast<const uint16_t* const*>(vrows), (n + 1) / 2, d,
+                     reinterpret_cast<uint32_t*>(vf));
+      bf16dp::round_p(s, rows, reinterpret_cast<uint32_t*>(pwf));
+      bf16dp::pv(reinterpret_cast<const uint32_t*>(pwf), rows, reinterpret_cast<const uint32_t*>(vf), acc,
+                 (n + 1) / 2, d);
+#endif
+      continue;
+    }
+    const float* v = vf;
+    int64_t ldv = d;
+    if (kF32 && all_keys) {
+      v = reinterpret_cast<const float*>(vbase + k0 * pr.svl);
+      ldv = pr.svl;
+    } else {
+      for (int64_t j = 0; j < n; ++j) convert_row(vrows[j], vf + j * d, d, half_fn);
+    }
     if (limited) {
       for (r = 0; r < rows; ++r) lim[r] = std::max<int64_t>(0, std::min(n, offset + q0 + r / g - k0 + 1));
-      for (r = 0; r + kPvRowBlock <= rows; r += kPvRowBlock)
-        pv_rows<kPvRowBlock, true>(s + r * kTileN, vf, acc + r * d, n, d, lim + r);
-      for (; r < rows; ++r) pv_rows<1, true>(s + r * kTileN, vf, acc + r * d, n, d, lim + r);
+      pv_all<true>(s, v, ldv, acc, rows, n, d, lim);
     } else {
-      for (r = 0; r + kPvRowBlock <= rows; r += kPvRowBlock) pv_rows<kPvRowBlock>(s + r * kTileN, vf, acc + r * d, n, d);
-      for (; r < rows; ++r) pv_rows<1>(s + r * kTileN, vf, acc + r * d, n, d);
+      pv_all<false>(s, v, ldv, acc, rows, n, d, nullptr);
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
