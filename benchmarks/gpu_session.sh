@@ -52,15 +52,16 @@ STAGES=(
   build:130
   info:8
   gpu_tests:60
-  bench_compress:50
+  bench_compress:47
   bench_prefusion:40
+  bench_family:25
   auto_order:35
-  ncu:72
-  sanitizer:84
+  ncu:62
+  sanitizer:72
   memory:18
 )
 # stages stopped with SIGINT instead of SIGTERM: they write what they measured before the budget ran out
-INTERRUPTIBLE=" bench_compress bench_prefusion auto_order "
+INTERRUPTIBLE=" bench_compress bench_prefusion bench_family auto_order "
 # ops whose kernels ncu and compute-sanitizer see (profiling/nsight/run_kernels.py)
 OPS=(compress prefusion_attention row_softmax)
 
@@ -89,6 +90,7 @@ run_stage() {
   gpu_tests) env LMINI_TEST_GPU=1 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rfEs tests ;;
   bench_compress) "$PY" -m lmini_tools.cli bench compress --device cuda --min-run-time 0.1 --out "$WORK/bench" ;;
   bench_prefusion) "$PY" -m lmini_tools.cli bench prefusion --device cuda --min-run-time 0.1 --out "$WORK/bench" ;;
+  bench_family) "$PY" benchmarks/bench_resampler_family.py --device cuda --dtype float16 --batch 8 --repeats 5 --out "$WORK/bench/family.json" ;;
   auto_order) "$PY" -m lmini_tools.bench.auto_order --device cuda --out "$WORK/auto_order.json" ;;
   ncu)
     # one launch of each op's kernels per backend; each of the 6 runs gets a sixth of the stage,
@@ -143,7 +145,7 @@ dry_stage() {
     ;;
   esac
   case "$1" in
-  bench_compress | bench_prefusion)
+  bench_compress | bench_prefusion | bench_family)
     mkdir -p "$WORK/bench"
     echo '{"rows": []}' >"$WORK/bench/$1.json"
     ;;

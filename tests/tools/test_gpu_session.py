@@ -16,7 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_session.sh"
-STAGES = ["build", "info", "gpu_tests", "bench_compress", "bench_prefusion", "auto_order", "ncu", "sanitizer", "memory"]
+STAGES = ["build", "info", "gpu_tests", "bench_compress", "bench_prefusion", "bench_family", "auto_order", "ncu",
+          "sanitizer", "memory"]  # fmt: skip
 
 
 def _gpu_present() -> bool:
