@@ -81,3 +81,33 @@ def check_eps_numbers(backend: str, dtype=torch.float32, device: str = "cpu", al
     for wrong in (dict(ln_q_eps=1e-5, ln_kv_eps=1e-5), dict(ln_q_eps=1e-2, ln_kv_eps=1e-6)):
         other = oracle(x, p, heads, **wrong)[0]
         assert (other - ref).norm() > 0.05 * ref.norm(), "the test inputs must make eps matter"
+
+
+def check_core_new_arguments(fn, k: int, normalize: bool, dtype) -> None:
+    """pidx (repeated columns of a wider p), lengths (0, 1, N and in between; NaN and inf in the
+    unseen rows), normalize on and off, split counts: the C++ core ``fn`` (the CPU kernel, or
+    the CUDA kernel through the emulator) against the PyTorch core in float64 on the same
+    rounded x."""
+    import math
+
+    from lmini_kernels.ops.compress.core import core_torch_op
+
+    b, n, d, t = 5, 37, 29, 23
+    x = (randn(b, n, d, scale=1.5) + 0.2).to(dtype)
+    a = randn(k, d, scale=0.3)
+    p = randn(k, t)
+    pidx = torch.randint(0, t, (b, n), dtype=torch.int32)
+    lengths = torch.tensor([n, 0, 1, 17, n - 3], dtype=torch.int32)
+    dirty = x.clone()
+    for i, ln in enumerate(lengths.tolist()):
+        dirty[i, ln:] = float("nan")
+        if ln < n:
+            dirty[i, -1] = float("inf")
+    ref_acc, ref_lse = core_torch_op(x.double(), a.double(), p.double(), 1e-5, 0, pidx, lengths, normalize)
+    seen = lengths > 0
+    for splits in (1, 3, 0):
+        acc, lse = fn(dirty, a, p, 1e-5, splits, pidx, lengths, normalize)
+        assert torch.isfinite(acc).all()
+        assert (lse[~seen] == -math.inf).all() and (acc[~seen] == 0).all()
+        assert_close(acc[seen], ref_acc[seen], dtype=torch.float32)
+        assert torch.allclose(lse[seen].double(), ref_lse[seen], rtol=1e-5, atol=1e-5)

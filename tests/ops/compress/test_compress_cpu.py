@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from compress_helpers import OfficialResampler, check_eps_numbers, check_folded, make_params, oracle, run, weights_of
+from compress_helpers import (
+    OfficialResampler,
+    check_core_new_arguments,
+    check_eps_numbers,
+    check_folded,
+    make_params,
+    oracle,
+    run,
+    weights_of,
+)
 from utils import TOLERANCE, assert_close, non_contiguous, randn, skip_unless_isa
 
 import lmini_kernels as lk
@@ -266,33 +273,9 @@ def test_key_positions_match_torch_bicubic(src, tgt):
     assert_close(lk.compress_positions(pe, tgt * tgt), want, dtype=torch.float32)
 
 
-@pytest.mark.parametrize("route", ("cpu", "emulated"))
 @pytest.mark.parametrize("k", (7, 70))  # the tile kernel, and the GEMM path (K >= 64 on CPU)
 @pytest.mark.parametrize("normalize", (True, False))
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
-def test_core_new_arguments_against_torch(route, k, normalize, dtype):
-    """pidx (repeated columns of a wider p), lengths (0, 1, N and in between; NaN and inf in the
-    unseen rows), normalize on and off, split counts: the C++ core (CPU kernel, or the CUDA
-    kernel through the emulator) against the PyTorch core in float64 on the same rounded x."""
-    from lmini_kernels.ops.compress.core import core_emulated
-
-    fn = core_cpp if route == "cpu" else core_emulated
-    b, n, d, t = 5, 37, 29, 23
-    x = (randn(b, n, d, scale=1.5) + 0.2).to(dtype)
-    a = randn(k, d, scale=0.3)
-    p = randn(k, t)
-    pidx = torch.randint(0, t, (b, n), dtype=torch.int32)
-    lengths = torch.tensor([n, 0, 1, 17, n - 3], dtype=torch.int32)
-    dirty = x.clone()
-    for i, ln in enumerate(lengths.tolist()):
-        dirty[i, ln:] = float("nan")
-        if ln < n:
-            dirty[i, -1] = float("inf")
-    ref_acc, ref_lse = core_torch_op(x.double(), a.double(), p.double(), 1e-5, 0, pidx, lengths, normalize)
-    for splits in (1, 3, 0):
-        acc, lse = fn(dirty, a, p, 1e-5, splits, pidx, lengths, normalize)
-        assert torch.isfinite(acc).all()
-        seen = lengths > 0
-        assert (lse[~seen] == -math.inf).all() and (acc[~seen] == 0).all()
-        assert_close(acc[seen], ref_acc[seen], dtype=torch.float32)
-        assert torch.allclose(lse[seen].double(), ref_lse[seen], rtol=1e-5, atol=1e-5)
+def test_core_new_arguments_against_torch(k, normalize, dtype):
+    """The CPU kernel with pidx, lengths and normalize (the CUDA kernel's twin is in test_compress_cuda.py)."""
+    check_core_new_arguments(core_cpp, k, normalize, dtype)

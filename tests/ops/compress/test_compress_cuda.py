@@ -100,3 +100,20 @@ def test_cuda_backward_and_opcheck_on_gpu():
 
 def test_cuda_layernorm_eps_reaches_the_numbers():
     check_eps_numbers("cuda", device=DEVICE)
+
+
+@pytest.mark.parametrize("k", (7, 70))
+@pytest.mark.parametrize("normalize", (True, False))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_core_new_arguments_against_torch(k, normalize, dtype):
+    """The CUDA kernel (emulated here, the GPU op with LMINI_TEST_GPU=1) with pidx, lengths and
+    normalize against the PyTorch core (compress_helpers.check_core_new_arguments)."""
+    from compress_helpers import check_core_new_arguments
+
+    from lmini_kernels.ops.compress import core
+
+    def on_device(x, *args):
+        moved = [t.cuda() if GPU and isinstance(t, torch.Tensor) else t for t in (x, *args)]
+        return tuple(t.cpu() for t in (core.core_cpp if GPU else core.core_emulated)(*moved))
+
+    check_core_new_arguments(on_device, k, normalize, dtype)
