@@ -34,26 +34,32 @@ CUDA_MAX_DIM = 2048
 GPU_FOLDED_MAX_ROWS = 16
 
 # What one multiply-add of the folded core costs in multiply-adds of a large torch GEMM (fp32,
-# CPU): the core's scores and weighted sums run near half the GEMM's rate (see
-# benchmarks/bench_resampler_family.py, which prints each algorithm's time beside auto's choice).
-CORE_COST = 2.0
+# CPU), measured with benchmarks/bench_resampler_family.py and `lmini bench compress` (2-vCPU
+# AVX-512/AMX Xeon VM, 2026-12-03): below CORE_GEMM_ROWS folded rows the streaming tile kernel
+# runs near a third of the GEMM rate (79 vs ~300 GFLOP/s); from there the C++ core runs its
+# scores and sums as GEMMs, at the GEMM's rate (Qwen-VL: folded_kv 930 ms vs projected 1460 ms,
+# the model's 60M vs 85M FLOPs per token).
+CORE_GEMM_ROWS = 64
+CORE_COST_TILE = 3.0
+CORE_COST_GEMM = 1.0
 
 
 def algorithm_costs(num_queries: int, num_heads: int, dim: int, kv_dim: int | None = None) -> dict[str, float]:
     """GEMM-equivalent FLOPs per token of each algorithm (K = heads * Q folded rows; kv_dim None
     or equal to dim: no kv_proj).
 
-    folded: kv_proj GEMM (2 kv D) + the core in D space (4 K D, weighted by CORE_COST).
+    folded: kv_proj GEMM (2 kv D) + the core in D space (4 K D, weighted by the core's cost).
     folded_kv: the variance's quadratic form (2 kv^2) + the core in kv space (4 K kv).
     projected: kv_proj + the key and value projections (4 D^2) + attention (4 Q D)."""
     k = num_heads * num_queries
+    core_cost = CORE_COST_GEMM if k >= CORE_GEMM_ROWS else CORE_COST_TILE
     proj = 0.0 if kv_dim in (None, dim) else 2.0 * kv_dim * dim
     costs = {
-        "folded": proj + CORE_COST * 4.0 * k * dim,
+        "folded": proj + core_cost * 4.0 * k * dim,
         "projected": proj + 4.0 * dim * dim + 4.0 * num_queries * dim,
     }
     if kv_dim not in (None, dim):
-        costs["folded_kv"] = 2.0 * kv_dim * kv_dim + CORE_COST * 4.0 * k * kv_dim
+        costs["folded_kv"] = 2.0 * kv_dim * kv_dim + core_cost * 4.0 * k * kv_dim
     return costs
 
 
@@ -61,7 +67,7 @@ def choose_algorithm(
     algorithm: str, num_queries: int, num_heads: int, dim: int, device: str = "cpu", kv_dim: int | None = None
 ) -> str:
     """An explicit choice is kept; "auto" is the cheapest of :func:`algorithm_costs` (with
-    LLaVA-Mini's sizes: "folded" when 2 * heads * Q < D), except that on a GPU more than
+    LLaVA-Mini's sizes: "folded" when 3 * heads * Q < D), except that on a GPU more than
     GPU_FOLDED_MAX_ROWS folded rows go to "projected"."""
     if algorithm != "auto":
         return algorithm
