@@ -74,7 +74,11 @@ def choose_algorithm(
     if device == "cuda" and num_heads * num_queries > GPU_FOLDED_MAX_ROWS:
         return "projected"
     costs = algorithm_costs(num_queries, num_heads, dim, kv_dim)
-    return min(costs, key=costs.get)
+    best = "folded"
+    for name, cost in costs.items():  # a plain loop, not min(key=): torch.compile traces it
+        if cost < costs[best]:
+            best = name
+    return best
 
 
 def core_layout(x: torch.Tensor, w: CompressWeights, seen: torch.Tensor | None, pos_index: torch.Tensor | None):
