@@ -147,6 +147,20 @@ def core_inputs(x: torch.Tensor, ad: torch.dtype, eps: float, normalize: bool):
     return (xf - mu) * r, r
 
 
+def masked_scores(x, a, p, eps: float, pidx, lengths, normalize: bool):
+    """(y, r, s, mask) of the core: the weighed rows y (0 on unseen tokens), their 1/std r, the
+    scores s (B, N, K) with -inf on unseen tokens, and the (B, N, 1) seen mask (None: all)."""
+    batch, n, _ = x.shape
+    mask = token_mask(n, lengths, x.device)
+    y, r = core_inputs(x, a.dtype, eps, normalize)
+    if mask is not None:
+        y = torch.where(mask, y, 0.0)
+    s = torch.matmul(y, a.t()) + gather_p(p, pidx, batch, n)
+    if mask is not None:
+        s = s.masked_fill(~mask, -math.inf)
+    return y, r, s, mask
+
+
 def core_torch(
     x: torch.Tensor,
     a: torch.Tensor,
@@ -162,14 +176,7 @@ def core_torch(
     ``y`` = LayerNorm(x) without affine (``normalize``) or x, in the accumulation dtype of ``a``.
     Tokens j >= lengths[b] are never read: whatever they hold (NaN included) changes nothing;
     an image with no seen token gives acc = 0 and lse = -inf."""
-    batch, n, _ = x.shape
-    mask = token_mask(n, lengths, x.device)
-    y, _ = core_inputs(x, a.dtype, eps, normalize)
-    if mask is not None:
-        y = torch.where(mask, y, 0.0)
-    s = torch.matmul(y, a.t()) + gather_p(p, pidx, batch, n)  # (B, N, K)
-    if mask is not None:
-        s = s.masked_fill(~mask, -math.inf)
+    y, _, s, mask = masked_scores(x, a, p, eps, pidx, lengths, normalize)  # s (B, N, K)
     lse = torch.logsumexp(s, dim=1)  # (B, K)
     prob = torch.exp(s - lse.unsqueeze(1))
     if mask is not None:
@@ -197,12 +204,7 @@ def core_backward(
     (with ``normalize``) the LayerNorm backward dx_j = r_j (dy_j - mean(dy_j) - y_j mean(dy_j * y_j)).
     Unseen tokens (j >= lengths[b]) get dx = 0 and add nothing, whatever they hold."""
     ad = a.dtype
-    batch, n, _ = x.shape
-    mask = token_mask(n, lengths, x.device)
-    y, r = core_inputs(x, ad, eps, normalize)
-    if mask is not None:
-        y = torch.where(mask, y, 0.0)
-    s = torch.matmul(y, a.t()) + gather_p(p, pidx, batch, n)
+    y, r, s, mask = masked_scores(x, a, p, eps, pidx, lengths, normalize)
     prob = torch.exp(s - lse.unsqueeze(1))  # (B, N, K)
     if mask is not None:
         prob = torch.where(mask, prob, 0.0)
@@ -258,13 +260,7 @@ def attention_weights(
     """Head-averaged attention weights (B, Q, N) from the folded scores (one extra pass) on the
     core's input ``x``; unseen tokens get weight 0."""
     batch, n, _ = x.shape
-    mask = token_mask(n, lengths, x.device)
-    y, _ = core_inputs(x, f.a.dtype, eps, normalize)
-    if mask is not None:
-        y = torch.where(mask, y, 0.0)
-    s = torch.matmul(y, f.a.t()) + gather_p(f.p, pidx, batch, n)  # (B, N, K)
-    if mask is not None:
-        s = s.masked_fill(~mask, -math.inf)
+    _, _, s, mask = masked_scores(x, f.a, f.p, eps, pidx, lengths, normalize)  # (B, N, K)
     prob = torch.softmax(s, dim=1)
     if mask is not None:
         prob = torch.where(mask, prob, 0.0)
