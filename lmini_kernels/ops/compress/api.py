@@ -282,7 +282,7 @@ def compress(
     chosen = choose_algorithm(algorithm, weights.num_queries, weights.num_heads, weights.embed_dim, x.device.type,
                               kv_dim)  # fmt: skip
     core_dim = {"folded": weights.embed_dim, "folded_kv": x.shape[2]}.get(chosen)
-    impl = _REG.select(backend, {"x": x, **dict(weights.same_dtype_tensors())}, algorithm=algorithm,
+    impl = _REG.select(backend, {"x": x, **dict(weights.same_dtype_tensors())}, algorithm=chosen,
                        core_dim=core_dim)  # fmt: skip
-    return impl.run(x, weights, need_weights=need_weights, algorithm=algorithm, folded=folded, seen=seen,
+    return impl.run(x, weights, need_weights=need_weights, algorithm=chosen, folded=folded, seen=seen,
                     pos_index=pos_index)  # fmt: skip
