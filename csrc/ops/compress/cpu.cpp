@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -25,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -71,16 +73,22 @@ __attribute__((always_inline)) inline float hsum(typename VecOf<W>::type v) {
 // One tile of `tn` tokens (rows of `yt`, stride dp, zero beyond dim and beyond tn): normalise
 // the rows, score them against the K folded rows, update the online softmax (m, l) and acc.
 // W: floats per vector; TV: rows of a per score pass (4 tokens x TV rows of accumulators).
+// p (nk x p_stride) is read at column cols[t] for token t of the tile. Without `normalize` the
+// rows are taken as they are (1/std = 1).
 template <int W, int TV>
-__attribute__((always_inline)) inline void process_tile_body(float* __restrict yt, int tn, int64_t dim, int64_t dp, float eps, const float* __restrict a,
-                  const float* __restrict p, int64_t p_stride, int64_t nk, float* __restrict acc,
-                  float* __restrict m, float* __restrict l, float* __restrict s) {
+__attribute__((always_inline)) inline void process_tile_body(float* __restrict yt, int tn, int64_t dim, int64_t dp,
+                                                             float eps, bool normalize, const float* __restrict a,
+                                                             const float* __restrict p, int64_t p_stride,
+                                                             const int32_t* __restrict cols, int64_t nk,
+                                                             float* __restrict acc, float* __restrict m,
+                                                             float* __restrict l, float* __restrict s) {
   // Rows are centred in place and their 1/std kept apart: scores and weights take the scalar,
   // which saves a normalising pass over every row.
   using vf = typename VecOf<W>::type;
   const float pad = float(dp - dim);
   float rs[kTile];
-  for (int t = 0; t < tn; ++t) {
+  for (int t = 0; t < tn && !normalize; ++t) rs[t] = 1.0f;
+  for (int t = 0; t < tn && normalize; ++t) {
     vf* y = reinterpret_cast<vf*>(yt + t * dp);
     vf sv = {};
     for (int64_t i = 0; i < dp / W; ++i) sv += y[i];
@@ -113,7 +121,7 @@ __attribute__((always_inline)) inline void process_tile_body(float* __restrict y
         }
       }
       for (int u = 0; u < 4 && t + u < tn; ++u) {
-        for (int v = 0; v < TV; ++v) s[(t + u) * nk + k + v] = hsum<W>(c[u][v]) * rs[t + u] + p[(k + v) * p_stride + t + u];
+        for (int v = 0; v < TV; ++v) s[(t + u) * nk + k + v] = hsum<W>(c[u][v]) * rs[t + u] + p[(k + v) * p_stride + cols[t + u]];
       }
     }
   }
@@ -157,13 +165,14 @@ __attribute__((always_inline)) inline void process_tile_body(float* __restrict y
   }
 }
 
-using TileFn = void (*)(float*, int, int64_t, int64_t, float, const float*, const float*, int64_t, int64_t, float*,
-                       float*, float*, float*);
+using TileFn = void (*)(float*, int, int64_t, int64_t, float, bool, const float*, const float*, int64_t,
+                       const int32_t*, int64_t, float*, float*, float*, float*);
 
-#define LMINI_TILE_VARIANT(name, attr, W, TV)                                                                    \
-  attr void name(float* yt, int tn, int64_t dim, int64_t dp, float eps, const float* a, const float* p,          \
-                 int64_t p_stride, int64_t nk, float* acc, float* m, float* l, float* s) {                       \
-    process_tile_body<W, TV>(yt, tn, dim, dp, eps, a, p, p_stride, nk, acc, m, l, s);                             \
+#define LMINI_TILE_VARIANT(name, attr, W, TV)                                                                      \
+  attr void name(float* yt, int tn, int64_t dim, int64_t dp, float eps, bool normalize, const float* a,           \
+                 const float* p, int64_t p_stride, const int32_t* cols, int64_t nk, float* acc, float* m, float* l, \
+                 float* s) {                                                                                       \
+    process_tile_body<W, TV>(yt, tn, dim, dp, eps, normalize, a, p, p_stride, cols, nk, acc, m, l, s);              \
   }
 // Accumulators per score pass: 4 x TV vectors (8 of 16 xmm/ymm registers, 16 of 32 zmm).
 LMINI_TILE_VARIANT(process_tile_baseline, , 4, 2)
@@ -187,12 +196,22 @@ void load_rows(const T* x, int64_t sn, int tn, int64_t dim, int64_t dp, float* y
 
 struct Shape {
   int64_t batch, n, dim, dp, nk, sb, sn, splits;
-  int64_t nk4;  // nk rounded up to a multiple of 4 (a and p padded with zero rows)
+  int64_t nk4;    // nk rounded up to a multiple of 4 (a and p padded with zero rows)
+  int64_t cols;   // T: columns of p
+};
+
+// The optional arguments, checked: pidx (B, N) contiguous int32 in [0, T) or null, lengths
+// (B,) int32 in [0, N] or null.
+struct Extras {
+  const int32_t* pidx;
+  const int32_t* lengths;
+  bool normalize;
+  int64_t seen(int64_t b, int64_t n) const { return lengths ? lengths[b] : n; }
 };
 
 template <typename T>
 void compress_folded_impl(const T* x, const float* a, const float* p, float* acc_out, float* lse_out, float* part,
-                          const Shape& sh, float eps) {
+                          const Shape& sh, float eps, const Extras& ex) {
   const int64_t chunk = (sh.n + sh.splits - 1) / sh.splits;
   const int64_t part_row = sh.dim + 2;  // (m, l, acc[dim]) per (task, k)
   const Isa isa = cpu_isa();
@@ -201,17 +220,20 @@ void compress_folded_impl(const T* x, const float* a, const float* p, float* acc
   at::parallel_for(0, sh.batch * sh.splits, 1, [&](int64_t begin, int64_t end) {
     std::vector<float, std::allocator<float>> yt(kTile * sh.dp), acc(sh.nk4 * sh.dp);
     std::vector<float> m(sh.nk4), l(sh.nk4), s(kTile * sh.nk4);
+    int32_t cols[kTile];
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / sh.splits, sp = task % sh.splits;
-      const int64_t n0 = sp * chunk, n1 = std::min(sh.n, n0 + chunk);
+      // Tokens past the image's length are never read: a chunk past it is empty (m = -inf, l = 0).
+      const int64_t n0 = sp * chunk, n1 = std::min(ex.seen(b, sh.n), n0 + chunk);
       std::fill(acc.begin(), acc.end(), 0.0f);
       std::fill(m.begin(), m.end(), -INFINITY);
       std::fill(l.begin(), l.end(), 0.0f);
       for (int64_t j0 = n0; j0 < n1; j0 += kTile) {
         const int tn = int(std::min<int64_t>(kTile, n1 - j0));
+        for (int t = 0; t < tn; ++t) cols[t] = ex.pidx ? ex.pidx[b * sh.n + j0 + t] : int32_t(j0 + t);
         load_rows(x + b * sh.sb + j0 * sh.sn, sh.sn, tn, sh.dim, sh.dp, yt.data(), half_fn);
-        process_tile(yt.data(), tn, sh.dim, sh.dp, eps, a, p + j0, sh.n, sh.nk4, acc.data(), m.data(), l.data(),
-                     s.data());
+        process_tile(yt.data(), tn, sh.dim, sh.dp, eps, ex.normalize, a, p, sh.cols, cols, sh.nk4, acc.data(),
+                     m.data(), l.data(), s.data());
       }
       for (int64_t k = 0; k < sh.nk; ++k) {
         const float* src = acc.data() + k * sh.dp;
@@ -219,7 +241,7 @@ void compress_folded_impl(const T* x, const float* a, const float* p, float* acc
           const float inv = l[k] > 0.0f ? 1.0f / l[k] : 0.0f;
           float* dst = acc_out + (b * sh.nk + k) * sh.dim;
           for (int64_t d = 0; d < sh.dim; ++d) dst[d] = src[d] * inv;
-          lse_out[b * sh.nk + k] = m[k] + std::log(l[k]);
+          lse_out[b * sh.nk + k] = m[k] + std::log(l[k]);  // no token: -inf + log(0) = -inf
         } else {
           float* dst = part + (task * sh.nk + k) * part_row;
           dst[0] = m[k];
@@ -230,7 +252,8 @@ void compress_folded_impl(const T* x, const float* a, const float* p, float* acc
     }
   });
   if (sh.splits == 1) return;
-  // Merge the chunks' online-softmax states (lmini/math.h) and their accumulators.
+  // Merge the chunks' online-softmax states (lmini/math.h) and their accumulators; empty chunks
+  // (m = -inf, l = 0) change nothing, an image with no token keeps acc = 0, lse = -inf.
   at::parallel_for(0, sh.batch * sh.nk, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bk = begin; bk < end; ++bk) {
       const int64_t b = bk / sh.nk, k = bk % sh.nk;
@@ -252,21 +275,172 @@ void compress_folded_impl(const T* x, const float* a, const float* p, float* acc
   });
 }
 
+// ---- Many folded rows: GEMMs -------------------------------------------------------------------
+// With K in the thousands (MiniCPM-V 2.x folded in kv space: K = 1152..3072, D = 1152) the
+// tile kernel's K x D accumulator (5-14 MB) leaves L2 and every tile's rescale of it streams
+// from memory. Then per image: y (L x D, fp32) converted and normalised row by row, S = y a^T
+// (at::mm), the exact softmax over the tokens column by column (no online rescale: the whole
+// image's L x K scores are at hand), acc = softmax(S)^T y (at::mm), one image after the other
+// so the GEMMs get every thread.
+
+// Rows [j0, j1) of the image: x -> fp32 y (LayerNorm without affine when normalize).
+template <typename T>
+void gemm_rows_in(const T* x, int64_t sn, int64_t j0, int64_t j1, int64_t dim, float eps, bool normalize, float* y,
+                  HalfRowFn half_fn) {
+  for (int64_t j = j0; j < j1; ++j) {
+    float* r = y + j * dim;
+    convert_row(x + j * sn, r, dim, half_fn);
+    if (!normalize) continue;
+    float sum = 0.0f;
+    for (int64_t d = 0; d < dim; ++d) sum += r[d];
+    const float mean = sum / float(dim);
+    float sq = 0.0f;
+    for (int64_t d = 0; d < dim; ++d) sq += (r[d] - mean) * (r[d] - mean);
+    const float rstd = 1.0f / std::sqrt(sq / float(dim) + eps);
+    for (int64_t d = 0; d < dim; ++d) r[d] = (r[d] - mean) * rstd;
+  }
+}
+
+// Columns [k0, k1) of the scores s (rows 0..len, row stride nk): add the key-position logits
+// (pt: p transposed, T x nk; row pidx[j] or j), then exp(s - max) in place; m and l get each
+// column's max and sum. A NaN score makes its column's max NaN (NaN sticks in the compare).
+__attribute__((always_inline)) inline void gemm_softmax_body(float* __restrict s, int64_t len, int64_t nk, int64_t k0,
+                                                             int64_t k1, const float* __restrict pt,
+                                                             const int32_t* __restrict pidx, float* __restrict m,
+                                                             float* __restrict l) {
+  for (int64_t k = k0; k < k1; ++k) m[k] = -INFINITY, l[k] = 0.0f;
+  for (int64_t j = 0; j < len; ++j) {
+    float* __restrict row = s + j * nk;
+    const float* __restrict pr = pt + (pidx ? int64_t(pidx[j]) : j) * nk;
+    for (int64_t k = k0; k < k1; ++k) {
+      const float v = row[k] + pr[k];
+      row[k] = v;
+      m[k] = (v > m[k] || v != v) ? v : m[k];
+    }
+  }
+  for (int64_t j = 0; j < len; ++j) {
+    float* __restrict row = s + j * nk;
+    for (int64_t k = k0; k < k1; ++k) {
+      const float e = exp_nonpositive(row[k] - m[k]);
+      row[k] = e;
+      l[k] += e;
+    }
+  }
+}
+
+using SoftmaxFn = void (*)(float*, int64_t, int64_t, int64_t, int64_t, const float*, const int32_t*, float*, float*);
+#define LMINI_SOFTMAX_VARIANT(name, attr)                                                                      \
+  attr void name(float* s, int64_t len, int64_t nk, int64_t k0, int64_t k1, const float* pt, const int32_t* pidx, \
+                 float* m, float* l) {                                                                         \
+    gemm_softmax_body(s, len, nk, k0, k1, pt, pidx, m, l);                                                     \
+  }
+LMINI_SOFTMAX_VARIANT(gemm_softmax_baseline, )
+#if LMINI_X86_DISPATCH
+LMINI_SOFTMAX_VARIANT(gemm_softmax_avx2, LMINI_TARGET_AVX2)
+LMINI_SOFTMAX_VARIANT(gemm_softmax_avx512, LMINI_TARGET_AVX512)
+#endif
+
+template <typename T>
+void compress_folded_gemm(const T* x, const at::Tensor& a, const at::Tensor& p, at::Tensor& acc, at::Tensor& lse,
+                          const Shape& sh, float eps, const Extras& ex) {
+  const Isa isa = cpu_isa();
+  const SoftmaxFn softmax_cols = LMINI_ISA_PICK(isa, gemm_softmax);
+  const HalfRowFn half_fn = pick_half_row_fn(isa != Isa::base);
+  const at::Tensor at_ = a.t();
+  const at::Tensor pt = p.t().contiguous();  // (T, K): one token's logits are a contiguous row
+  at::Tensor y = at::empty({sh.n, sh.dim}, acc.options());
+  at::Tensor s = at::empty({sh.n, sh.nk}, acc.options());
+  std::vector<float> m(sh.nk), l(sh.nk);
+  constexpr int64_t kCols = 64;  // score columns per softmax task
+  for (int64_t b = 0; b < sh.batch; ++b) {
+    const int64_t len = ex.seen(b, sh.n);
+    float* lse_b = lse.data_ptr<float>() + b * sh.nk;
+    if (len == 0) {
+      acc[b].zero_();
+      std::fill(lse_b, lse_b + sh.nk, -INFINITY);
+      continue;
+    }
+    const T* xb = x + b * sh.sb;
+    float* yp = y.data_ptr<float>();
+    at::parallel_for(0, len, 16, [&](int64_t j0, int64_t j1) {
+      gemm_rows_in(xb, sh.sn, j0, j1, sh.dim, eps, ex.normalize, yp, half_fn);
+    });
+    const at::Tensor yb = y.narrow(0, 0, len);
+    at::Tensor sb = s.narrow(0, 0, len);
+    at::mm_out(sb, yb, at_);
+    const int32_t* pidx = ex.pidx ? ex.pidx + b * sh.n : nullptr;
+    at::parallel_for(0, (sh.nk + kCols - 1) / kCols, 1, [&](int64_t c0, int64_t c1) {
+      softmax_cols(s.data_ptr<float>(), len, sh.nk, c0 * kCols, std::min(sh.nk, c1 * kCols), pt.data_ptr<float>(),
+                   pidx, m.data(), l.data());
+    });
+    at::Tensor acc_b = acc[b];
+    at::mm_out(acc_b, sb.t(), yb);
+    float* ap = acc_b.data_ptr<float>();
+    at::parallel_for(0, sh.nk, 16, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const float inv = 1.0f / l[k];
+        for (int64_t d = 0; d < sh.dim; ++d) ap[k * sh.dim + d] *= inv;
+        lse_b[k] = m[k] + std::log(l[k]);
+      }
+    });
+  }
+}
+
+// K from which the GEMM path beats the tile kernel (measured; see compress_folded).
+constexpr int64_t kGemmMinRows = 64;
+
 std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const at::Tensor& a_in,
-                                                   const at::Tensor& p_in, double eps, int64_t splits) {
+                                                   const at::Tensor& p_in, double eps, int64_t splits,
+                                                   const std::optional<at::Tensor>& pidx_in,
+                                                   const std::optional<at::Tensor>& lengths_in, bool normalize) {
   TORCH_CHECK(x_in.device().is_cpu(), "lmini::compress_folded (CPU): x must be a CPU tensor, got ", x_in.device());
   TORCH_CHECK(x_in.dim() == 3, "lmini::compress_folded: x must be (B, N, D), got ", x_in.sizes());
   TORCH_CHECK(a_in.dim() == 2 && a_in.size(1) == x_in.size(2) && a_in.scalar_type() == at::kFloat,
               "lmini::compress_folded: a must be float32 (K, D=", x_in.size(2), "), got ", a_in.scalar_type(), " ",
               a_in.sizes());
-  TORCH_CHECK(p_in.dim() == 2 && p_in.size(0) == a_in.size(0) && p_in.size(1) == x_in.size(1) &&
-                  p_in.scalar_type() == at::kFloat,
-              "lmini::compress_folded: p must be float32 (K, N) = (", a_in.size(0), ", ", x_in.size(1), "), got ",
-              p_in.scalar_type(), " ", p_in.sizes());
+  const bool has_pidx = pidx_in.has_value() && pidx_in->defined();
+  const bool has_lengths = lengths_in.has_value() && lengths_in->defined();
+  TORCH_CHECK(p_in.dim() == 2 && p_in.size(0) == a_in.size(0) && p_in.scalar_type() == at::kFloat &&
+                  (has_pidx ? p_in.size(1) >= 1 : p_in.size(1) == x_in.size(1)),
+              "lmini::compress_folded: p must be float32 (K, N) = (", a_in.size(0), ", ", x_in.size(1),
+              ") (or (K, T), T >= 1, with pidx), got ", p_in.scalar_type(), " ", p_in.sizes());
   TORCH_CHECK(splits >= 0, "lmini::compress_folded: splits must be >= 0 (0 = automatic), got ", splits);
+  const int64_t batch = x_in.size(0), n = x_in.size(1), ncols = p_in.size(1);
+  at::Tensor pidx, lengths;
+  if (has_pidx) {
+    TORCH_CHECK(pidx_in->device().is_cpu() && pidx_in->scalar_type() == at::kInt && pidx_in->dim() == 2 &&
+                    pidx_in->size(0) == batch && pidx_in->size(1) == n,
+                "lmini::compress_folded: pidx must be an int32 CPU tensor (B, N) = (", batch, ", ", n, "), got ",
+                pidx_in->scalar_type(), " ", pidx_in->sizes(), " on ", pidx_in->device());
+    pidx = pidx_in->contiguous();
+  }
+  if (has_lengths) {
+    TORCH_CHECK(lengths_in->device().is_cpu() && lengths_in->scalar_type() == at::kInt && lengths_in->dim() == 1 &&
+                    lengths_in->size(0) == batch,
+                "lmini::compress_folded: lengths must be an int32 CPU tensor (B,) = (", batch, ",), got ",
+                lengths_in->scalar_type(), " ", lengths_in->sizes(), " on ", lengths_in->device());
+    lengths = lengths_in->contiguous();
+    const int32_t* lp = lengths.data_ptr<int32_t>();
+    for (int64_t b = 0; b < batch; ++b) {
+      TORCH_CHECK(lp[b] >= 0 && lp[b] <= n, "lmini::compress_folded: lengths[", b, "] = ", lp[b],
+                  " is outside [0, N = ", n, "]");
+    }
+  }
+  if (has_pidx) {  // only the entries of seen tokens are ever used, and only those must be valid
+    const int32_t* ip = pidx.data_ptr<int32_t>();
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t len = has_lengths ? lengths.data_ptr<int32_t>()[b] : n;
+      for (int64_t j = 0; j < len; ++j) {
+        TORCH_CHECK(ip[b * n + j] >= 0 && ip[b * n + j] < ncols, "lmini::compress_folded: pidx[", b, ", ", j,
+                    "] = ", ip[b * n + j], " is outside [0, T = ", ncols, ") (T: the columns of p)");
+      }
+    }
+  }
+  const Extras ex{has_pidx ? pidx.data_ptr<int32_t>() : nullptr, has_lengths ? lengths.data_ptr<int32_t>() : nullptr,
+                  normalize};
   const at::Tensor x = x_in.stride(2) == 1 ? x_in : x_in.contiguous();
   const at::Tensor p = p_in.contiguous();
-  Shape sh{x.size(0), x.size(1), x.size(2), 0, a_in.size(0), x.stride(0), x.stride(1), splits};
+  Shape sh{x.size(0), x.size(1), x.size(2), 0, a_in.size(0), x.stride(0), x.stride(1), splits, 0, ncols};
   sh.dp = (sh.dim + kPad - 1) / kPad * kPad;
   // Rows a multiple of 1 KiB apart fall in the same L1 sets (4 KiB aliasing at D = 1024: the 16
   // rows of a tile then fight over 8 ways); one extra cache line per row spreads them out.
@@ -275,6 +449,22 @@ std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const
   at::Tensor lse = new_output(at::empty({sh.batch, sh.nk}, x.options().dtype(at::kFloat)));
   if (sh.batch == 0 || sh.nk == 0) return {acc, lse};
   TORCH_CHECK(sh.n > 0 && sh.dim > 0, "lmini::compress_folded: x needs N >= 1 tokens of D >= 1 features");
+  const float e = float(eps);
+  if (sh.nk >= kGemmMinRows) {
+    const at::Tensor a = a_in.contiguous();
+    switch (dtype_of(x, "x")) {
+      case DType::f32:
+        compress_folded_gemm(x.data_ptr<float>(), a, p, acc, lse, sh, e, ex);
+        break;
+      case DType::f16:
+        compress_folded_gemm(x.data_ptr<c10::Half>(), a, p, acc, lse, sh, e, ex);
+        break;
+      case DType::bf16:
+        compress_folded_gemm(x.data_ptr<c10::BFloat16>(), a, p, acc, lse, sh, e, ex);
+        break;
+    }
+    return {acc, lse};
+  }
   if (sh.splits == 0) {
     // Enough tasks for every thread; a chunk keeps at least 64 tokens.
     const int64_t threads = at::get_num_threads();
@@ -284,26 +474,25 @@ std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const
   sh.splits = std::min(sh.splits, sh.n);
   // a padded to dp columns and nk4 rows (p to nk4 rows) so every inner loop runs whole blocks.
   sh.nk4 = (sh.nk + 3) / 4 * 4;
-  std::vector<float> a_pad(sh.nk4 * sh.dp, 0.0f), p_pad(sh.nk4 * sh.n, 0.0f);
+  std::vector<float> a_pad(sh.nk4 * sh.dp, 0.0f), p_pad(sh.nk4 * sh.cols, 0.0f);
   const at::Tensor a = a_in.contiguous();
   for (int64_t k = 0; k < sh.nk; ++k) {
     std::memcpy(a_pad.data() + k * sh.dp, a.data_ptr<float>() + k * sh.dim, sh.dim * sizeof(float));
   }
-  std::memcpy(p_pad.data(), p.data_ptr<float>(), sh.nk * sh.n * sizeof(float));
+  std::memcpy(p_pad.data(), p.data_ptr<float>(), sh.nk * sh.cols * sizeof(float));
   std::vector<float> part(sh.splits > 1 ? sh.batch * sh.splits * sh.nk * (sh.dim + 2) : 0);
-  const float e = float(eps);
   switch (dtype_of(x, "x")) {
     case DType::f32:
       compress_folded_impl(x.data_ptr<float>(), a_pad.data(), p_pad.data(), acc.data_ptr<float>(),
-                           lse.data_ptr<float>(), part.data(), sh, e);
+                           lse.data_ptr<float>(), part.data(), sh, e, ex);
       break;
     case DType::f16:
       compress_folded_impl(x.data_ptr<c10::Half>(), a_pad.data(), p_pad.data(), acc.data_ptr<float>(),
-                           lse.data_ptr<float>(), part.data(), sh, e);
+                           lse.data_ptr<float>(), part.data(), sh, e, ex);
       break;
     case DType::bf16:
       compress_folded_impl(x.data_ptr<c10::BFloat16>(), a_pad.data(), p_pad.data(), acc.data_ptr<float>(),
-                           lse.data_ptr<float>(), part.data(), sh, e);
+                           lse.data_ptr<float>(), part.data(), sh, e, ex);
       break;
   }
   return {acc, lse};

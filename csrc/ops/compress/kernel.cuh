@@ -1,8 +1,14 @@
 // compress_folded: the streaming core of the folded compression
 // (lmini_kernels/ops/compress/core.py has the math):
 //
-//   y_j = LayerNorm(x_bj) without affine;  s_kj = a_k . y_j + p_kj
-//   acc_bk = sum_j softmax_j(s_k)_j y_j  (B, K, D) fp32;  lse_bk = logsumexp_j s_kj  (B, K) fp32
+//   y_j = LayerNorm(x_bj) without affine (x_bj itself when !normalize)
+//   s_kj = a_k . y_j + p[k, pidx_bj] (p[k, j] without pidx)
+//   acc_bk = sum_{j < len_b} softmax_j(s_k)_j y_j  (B, K, D) fp32;  lse_bk = logsumexp_j s_kj  (B, K) fp32
+//
+// Tokens j >= lengths[b] are never read (a chunk past the length is empty: m = -inf, l = 0, and
+// the merge skips it); an image with no token gives acc = 0, lse = -inf. pidx entries and
+// lengths are clamped into range here (the callers check them; a bad one never reads out of
+// bounds).
 //
 // Grid (B * splits, cdiv(K, kCompressKT)): one block per (image, chunk of tokens, tile of 8
 // folded rows); all images of a batch in one launch. Block: 128 threads for D <= 1024, else 256.
@@ -40,16 +46,22 @@ LMINI_HD int compress_tile_tokens(int64_t dim) { return dim <= 1024 ? 8 : 4; }
 template <typename T, int ELEMS>
 __global__ void __launch_bounds__(256, 1)
 compress_folded_kernel(const T* __restrict__ x, const float* __restrict__ a, const float* __restrict__ p,
+                       const int32_t* __restrict__ pidx, const int32_t* __restrict__ lengths,
                        float* __restrict__ acc_out, float* __restrict__ lse_out, float* __restrict__ part,
-                       int64_t n, int64_t dim, int64_t nk, int64_t x_batch_stride, int64_t x_token_stride,
-                       int64_t chunk, int splits, int tt, float eps) {
+                       int64_t n, int64_t dim, int64_t nk, int64_t p_cols, int64_t x_batch_stride,
+                       int64_t x_token_stride, int64_t chunk, int splits, int tt, float eps, bool normalize) {
   LMINI_DYNAMIC_SHARED(float, ys);  // tt rows of dim floats: the tile's normalised tokens
   __shared__ float scores[kCompressMaxTT][kCompressKT];
   const int64_t b = blockIdx.x / splits;
   const int64_t sp = blockIdx.x % splits;
   const int64_t k0 = int64_t(blockIdx.y) * kCompressKT;
   const int64_t n0 = sp * chunk;
-  const int64_t n1 = n0 + chunk < n ? n0 + chunk : n;
+  int64_t len = n;
+  if (lengths != nullptr) {
+    const int64_t v = lengths[b];
+    len = v < 0 ? 0 : (v > n ? n : v);
+  }
+  const int64_t n1 = n0 + chunk < len ? n0 + chunk : len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
   const T* xb = x + b * x_batch_stride;  // int64: b * stride passes 2^31 for big batches
 
@@ -76,14 +88,21 @@ compress_folded_kernel(const T* __restrict__ x, const float* __restrict__ a, con
           y[d] = v;
           s += v;
         }
-        const float mean = warp_sum(s) / float(dim);
-        float q = 0.0f;
-        for (int64_t d = lane; d < dim; d += 32) {  // each lane reads back only what it wrote
-          const float c = y[d] - mean;
-          q += c * c;
+        if (normalize) {  // (every lane of the warp takes the same branch)
+          const float mean = warp_sum(s) / float(dim);
+          float q = 0.0f;
+          for (int64_t d = lane; d < dim; d += 32) {  // each lane reads back only what it wrote
+            const float c = y[d] - mean;
+            q += c * c;
+          }
+          const float r = 1.0f / sqrtf(warp_sum(q) / float(dim) + eps);
+          for (int64_t d = lane; d < dim; d += 32) y[d] = (y[d] - mean) * r;
         }
-        const float r = 1.0f / sqrtf(warp_sum(q) / float(dim) + eps);
-        for (int64_t d = lane; d < dim; d += 32) y[d] = (y[d] - mean) * r;
+        int64_t col = j0 + t;
+        if (pidx != nullptr) {
+          const int64_t c = pidx[b * n + j0 + t];
+          col = c < 0 ? 0 : (c >= p_cols ? p_cols - 1 : c);
+        }
         LMINI_UNROLL
         for (int kk = 0; kk < kCompressKT; ++kk) {
           const int64_t k = k0 + kk;
@@ -93,7 +112,7 @@ compress_folded_kernel(const T* __restrict__ x, const float* __restrict__ a, con
             for (int64_t d = lane; d < dim; d += 32) dot += ak[d] * y[d];
           }
           dot = warp_sum(dot);  // every lane takes part, whatever k
-          if (lane == 0) scores[t][kk] = k < nk ? dot + p[k * n + j0 + t] : 0.0f;
+          if (lane == 0) scores[t][kk] = k < nk ? dot + p[k * p_cols + col] : 0.0f;
         }
       } else {
         for (int64_t d = lane; d < dim; d += 32) y[d] = 0.0f;
@@ -195,17 +214,27 @@ inline Grid compress_grid(int64_t batch, int64_t splits, int64_t nk) {
 }
 inline Grid compress_merge_grid(int64_t batch, int64_t nk) { return {batch * nk}; }
 
+// The optional inputs of a launch: pidx (B, N) int32 contiguous or null, its p width p_cols (N
+// without pidx), lengths (B,) int32 or null, normalize.
+struct CompressExtras {
+  const int32_t* pidx;
+  const int32_t* lengths;
+  int64_t p_cols;
+  bool normalize;
+};
+
 template <typename T, int ELEMS>
 inline void launch_compress_folded_elems(const T* x, const float* a, const float* p, float* acc, float* lse,
                                          float* part, int64_t batch, int64_t n, int64_t dim, int64_t nk,
-                                         int64_t sxb, int64_t sxn, float eps, int splits, cudaStream_t stream) {
+                                         int64_t sxb, int64_t sxn, float eps, int splits, CompressExtras ex,
+                                         cudaStream_t stream) {
   const int64_t chunk = (n + splits - 1) / splits;
   const int threads = compress_threads(dim), tt = compress_tile_tokens(dim);
   const Grid g = compress_grid(batch, splits, nk);
   const dim3 grid(unsigned(g.x), unsigned(g.y));
   auto* kernel = compress_folded_kernel<T, ELEMS>;  // (a macro argument cannot hold the template's comma)
-  LMINI_LAUNCH(kernel, grid, dim3(threads), size_t(tt) * dim * sizeof(float), stream, x, a, p, acc, lse, part, n,
-               dim, nk, sxb, sxn, chunk, splits, tt, eps);
+  LMINI_LAUNCH(kernel, grid, dim3(threads), size_t(tt) * dim * sizeof(float), stream, x, a, p, ex.pidx,
+               ex.lengths, acc, lse, part, n, dim, nk, ex.p_cols, sxb, sxn, chunk, splits, tt, eps, ex.normalize);
   if (splits > 1) {
     const dim3 merge_grid(unsigned(compress_merge_grid(batch, nk).x));
     LMINI_LAUNCH(compress_folded_merge_kernel, merge_grid, dim3(128), 0, stream, part, acc, lse, dim, nk, splits);
@@ -216,17 +245,17 @@ inline void launch_compress_folded_elems(const T* x, const float* a, const float
 template <typename T>
 inline void launch_compress_folded(const T* x, const float* a, const float* p, float* acc, float* lse, float* part,
                                    int64_t batch, int64_t n, int64_t dim, int64_t nk, int64_t sxb, int64_t sxn,
-                                   float eps, int splits, cudaStream_t stream) {
+                                   float eps, int splits, CompressExtras ex, cudaStream_t stream) {
   if (batch == 0 || nk == 0) return;
   const int64_t per_thread = (dim + compress_threads(dim) - 1) / compress_threads(dim);
   if (per_thread <= 1) {
-    launch_compress_folded_elems<T, 1>(x, a, p, acc, lse, part, batch, n, dim, nk, sxb, sxn, eps, splits, stream);
+    launch_compress_folded_elems<T, 1>(x, a, p, acc, lse, part, batch, n, dim, nk, sxb, sxn, eps, splits, ex, stream);
   } else if (per_thread <= 2) {
-    launch_compress_folded_elems<T, 2>(x, a, p, acc, lse, part, batch, n, dim, nk, sxb, sxn, eps, splits, stream);
+    launch_compress_folded_elems<T, 2>(x, a, p, acc, lse, part, batch, n, dim, nk, sxb, sxn, eps, splits, ex, stream);
   } else if (per_thread <= 4) {
-    launch_compress_folded_elems<T, 4>(x, a, p, acc, lse, part, batch, n, dim, nk, sxb, sxn, eps, splits, stream);
+    launch_compress_folded_elems<T, 4>(x, a, p, acc, lse, part, batch, n, dim, nk, sxb, sxn, eps, splits, ex, stream);
   } else {
-    launch_compress_folded_elems<T, 8>(x, a, p, acc, lse, part, batch, n, dim, nk, sxb, sxn, eps, splits, stream);
+    launch_compress_folded_elems<T, 8>(x, a, p, acc, lse, part, batch, n, dim, nk, sxb, sxn, eps, splits, ex, stream);
   }
 }
 

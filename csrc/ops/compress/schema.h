@@ -4,5 +4,6 @@
 
 namespace lmini {
 inline constexpr const char* kCompressFoldedSchema =
-    "compress_folded(Tensor x, Tensor a, Tensor p, float eps, int splits) -> (Tensor, Tensor)";
+    "compress_folded(Tensor x, Tensor a, Tensor p, float eps, int splits, Tensor? pidx=None, Tensor? lengths=None, "
+    "bool normalize=True) -> (Tensor, Tensor)";
 }

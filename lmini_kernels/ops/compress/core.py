@@ -105,14 +105,32 @@ core_torch_op.register_fake(core_fake)
 core_torch_op.register_autograd(core_autograd_backward, setup_context=core_setup)
 
 
-def core_cpp(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0):
+def core_cpp(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    p: torch.Tensor,
+    eps: float,
+    splits: int = 0,
+    pidx: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    normalize: bool = True,
+):
     """The C++ core (CPU kernel, or CUDA kernel for CUDA tensors)."""
-    return torch.ops.lmini.compress_folded(x, a, p, eps, splits)
+    return torch.ops.lmini.compress_folded(x, a, p, eps, splits, pidx, lengths, normalize)
 
 
-def core_emulated(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor, eps: float, splits: int = 0):
+def core_emulated(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    p: torch.Tensor,
+    eps: float,
+    splits: int = 0,
+    pidx: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    normalize: bool = True,
+):
     """The CUDA kernel and its glue on CPU tensors through the host SIMT layer (tests only)."""
-    return torch.ops.lmini_emu.compress_folded(x, a, p, eps, splits)
+    return torch.ops.lmini_emu.compress_folded(x, a, p, eps, splits, pidx, lengths, normalize)
 
 
 for _ns in _ext.op_namespaces():
