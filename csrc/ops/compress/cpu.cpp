@@ -292,7 +292,8 @@ void compress_folded_impl(const T* x, const float* a, const float* p, float* acc
 // from memory. Then per image: y (L x D, fp32) converted and normalised row by row, S = y a^T
 // (at::mm), the exact softmax over the tokens column by column (no online rescale: the whole
 // image's L x K scores are at hand), acc = softmax(S)^T y (at::mm), one image after the other
-// so the GEMMs get every thread.
+// so the GEMMs get every thread. `splits` is not used there (nothing to merge); results match
+// the tile kernel's up to rounding.
 
 // Rows [j0, j1) of the image: x -> fp32 y (row stride dp, zero padding), LayerNorm without
 // affine when normalize (the tile kernel's centring, then the 1/std applied).
