@@ -424,7 +424,8 @@ void compress_folded_gemm(const T* x, const at::Tensor& a, const at::Tensor& p, 
 // tile 8.0 / gemm 9.8 (and 16 / 203 at D=1152). Against core_torch (torch GEMMs, same run):
 // B=10 N=1024 D=1152 normalize=False K=1792 fp32 616 vs 776 ms, bf16 745 vs 735; K=3072 fp32
 // 1156 vs 1451, bf16 1150 vs 1504; the tile kernel alone took 672 / 1619 ms (fp32) and 5338
-// ms (bf16 K=3072) there. LLaVA-Mini (B=64 N=576 D=1024 K=8) stays on the tile kernel: 30.1 ms
+// ms (bf16 K=3072) there. In a quieter minute: K=1792 fp32 265 vs 404 ms, bf16 263 vs 421;
+// K=3072 fp32 440 vs 742, bf16 452 vs 758 (about 320 GFLOP/s: at::mm's MKL near peak). LLaVA-Mini (B=64 N=576 D=1024 K=8) stays on the tile kernel: 30.1 ms
 // fp32 / 28.0 bf16 against 31.8 / 28.9 before pidx/lengths/normalize (same load).
 constexpr int64_t kGemmMinRows = 64;
 
