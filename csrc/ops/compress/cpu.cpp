@@ -417,16 +417,18 @@ void compress_folded_gemm(const T* x, const at::Tensor& a, const at::Tensor& p, 
   }
 }
 
-// K from which the GEMM path beats the tile kernel. Measured 2026-12-03 on the 2-vCPU AVX-512 Xeon
-// (L2 2 MiB/core), 2 threads, fp32 x, normalize, best of 3, shared machine (load 20-50, so
-// +-30%): B=10 N=1024 D=1152: K=32 tile 18.7 / gemm 38.5 ms, K=64 37.3 / 32.2, K=128 72 / 55,
-// K=256 157 / 87; B=16 N=576 D=1024: K=32 18.7 / 15.5, K=64 35.8 / 25.3, K=256 139 / 72; K=8
-// tile 8.0 / gemm 9.8 (and 16 / 203 at D=1152). Against core_torch (torch GEMMs, same run):
-// B=10 N=1024 D=1152 normalize=False K=1792 fp32 616 vs 776 ms, bf16 745 vs 735; K=3072 fp32
-// 1156 vs 1451, bf16 1150 vs 1504; the tile kernel alone took 672 / 1619 ms (fp32) and 5338
-// ms (bf16 K=3072) there. In a quieter minute: K=1792 fp32 265 vs 404 ms, bf16 263 vs 421;
-// K=3072 fp32 440 vs 742, bf16 452 vs 758 (about 320 GFLOP/s: at::mm's MKL near peak). LLaVA-Mini (B=64 N=576 D=1024 K=8) stays on the tile kernel: 30.1 ms
-// fp32 / 28.0 bf16 against 31.8 / 28.9 before pidx/lengths/normalize (same load).
+// K from which the GEMM path beats the tile kernel. Measured 2026-12-03 on the 2-vCPU AVX-512
+// Xeon (L2 2 MiB/core), 2 threads, best of 2-3 runs, a shared machine (load 10-50: +-30%).
+// Tile vs GEMM, fp32 x, normalize, same run: B=10 N=1024 D=1152: K=32 18.7 / 38.5 ms, K=64
+// 37.3 / 32.2, K=128 72 / 55, K=256 157 / 87; B=16 N=576 D=1024: K=8 8.0 / 9.8, K=32
+// 18.7 / 15.5, K=64 35.8 / 25.3, K=256 139 / 72.
+// Against core_torch (torch GEMMs), B=10 N=1024 D=1152 normalize=False, C++ vs torch, same
+// run: K=1792 fp32 265 vs 404 ms, bf16 263 vs 421; K=3072 fp32 440 vs 742, bf16 452 vs 758
+// (about 320 GFLOP/s, MKL near peak; a busier run: 616 vs 776 ... 1150 vs 1504). The tile
+// kernel alone had taken 672 (K=1792) and 1619 ms (K=3072) fp32, 5338 ms bf16 K=3072, against
+// torch's 407 / 1578 / 1661 in that run. LLaVA-Mini (B=64 N=576 D=1024 K=8) stays on the tile
+// kernel: 30.1 ms fp32 / 28.0 bf16 against 31.8 / 28.9 before pidx/lengths/normalize (runs
+// interleaved under the same load).
 constexpr int64_t kGemmMinRows = 64;
 
 std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const at::Tensor& a_in,
