@@ -4,7 +4,11 @@
 //   y_j = LayerNorm(x_bj) without affine;  s_kj = a_k . y_j + p_kj
 //   acc_bk = sum_j softmax_j(s_k)_j y_j  (B, K, D) fp32;  lse_bk = logsumexp_j s_kj  (B, K) fp32
 //
-// Work: one task per (image, chunk of tokens) through at::parallel_for (chunks only when there
+//   (s_kj takes p[k, pidx_bj] with pidx; only tokens j < lengths[b] are read; y_j = x_bj
+//   without normalize; an image with no token gives acc = 0, lse = -inf)
+//
+// Two paths, by K (kGemmMinRows, with the measurements). K < 64, the tile kernel below:
+// one task per (image, chunk of tokens) through at::parallel_for (chunks only when there
 // are too few images to feed every thread; partial states are merged at the end). A task walks
 // its tokens in tiles of kTile: the rows are converted to fp32 into a padded tile, normalised,
 // scored against all K folded rows, then one online-softmax rescale per (tile, k) and a
@@ -14,7 +18,8 @@
 // For LLaVA-Mini (K = 8, D = 1024) that is 16 FLOP per fp32 element loaded: the inner loops
 // must run as wide FMAs, so the hot function is compiled for AVX-512, AVX2 and baseline x86-64
 // over GCC vector types of one register each (16, 8 and 4 floats), one copy picked per call by
-// lmini/cpu/isa.h (LMINI_CPU_ISA caps it).
+// lmini/cpu/isa.h (LMINI_CPU_ISA caps it). K >= 64: GEMMs per image (compress_folded_gemm).
+// LMINI_COMPRESS_CPU_PATH=tile|gemm forces one (tests, measurements).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -25,8 +30,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -70,6 +77,26 @@ __attribute__((always_inline)) inline float hsum(typename VecOf<W>::type v) {
   return t[0];
 }
 
+// Centres row y (dim values, zero up to dp) in place, keeps its padding zero; returns 1/std.
+template <int W>
+__attribute__((always_inline)) inline float centre_row(float* __restrict row, int64_t dim, int64_t dp, float eps) {
+  using vf = typename VecOf<W>::type;
+  vf* y = reinterpret_cast<vf*>(row);
+  vf sv = {};
+  for (int64_t i = 0; i < dp / W; ++i) sv += y[i];
+  const float mean = hsum<W>(sv) / float(dim);
+  vf cv = {};
+  for (int64_t i = 0; i < dp / W; ++i) {
+    const vf c = y[i] - mean;
+    y[i] = c;
+    cv += c * c;
+  }
+  // The zero padding contributed pad * mean^2 to the centred sum of squares.
+  const float var = std::max(0.0f, (hsum<W>(cv) - float(dp - dim) * mean * mean) / float(dim));
+  for (int64_t d = dim; d < dp; ++d) row[d] = 0.0f;
+  return 1.0f / std::sqrt(var + eps);
+}
+
 // One tile of `tn` tokens (rows of `yt`, stride dp, zero beyond dim and beyond tn): normalise
 // the rows, score them against the K folded rows, update the online softmax (m, l) and acc.
 // W: floats per vector; TV: rows of a per score pass (4 tokens x TV rows of accumulators).
@@ -85,25 +112,9 @@ __attribute__((always_inline)) inline void process_tile_body(float* __restrict y
   // Rows are centred in place and their 1/std kept apart: scores and weights take the scalar,
   // which saves a normalising pass over every row.
   using vf = typename VecOf<W>::type;
-  const float pad = float(dp - dim);
   float rs[kTile];
   for (int t = 0; t < tn && !normalize; ++t) rs[t] = 1.0f;
-  for (int t = 0; t < tn && normalize; ++t) {
-    vf* y = reinterpret_cast<vf*>(yt + t * dp);
-    vf sv = {};
-    for (int64_t i = 0; i < dp / W; ++i) sv += y[i];
-    const float mean = hsum<W>(sv) / float(dim);
-    vf cv = {};
-    for (int64_t i = 0; i < dp / W; ++i) {
-      const vf c = y[i] - mean;
-      y[i] = c;
-      cv += c * c;
-    }
-    // The zero padding contributed pad * mean^2 to the centred sum of squares.
-    const float var = std::max(0.0f, (hsum<W>(cv) - pad * mean * mean) / float(dim));
-    rs[t] = 1.0f / std::sqrt(var + eps);
-    for (int64_t d = dim; d < dp; ++d) yt[t * dp + d] = 0.0f;
-  }
+  for (int t = 0; t < tn && normalize; ++t) rs[t] = centre_row<W>(yt + t * dp, dim, dp, eps);
   // Scores, 4 tokens x TV rows of a per pass: 4 * TV accumulators, each loaded vector feeds
   // TV or 4 FMAs. nk is a multiple of 4 here (a padded with zero rows), tiles hold kTile rows
   // (zero beyond tn).
@@ -281,25 +292,40 @@ void compress_folded_impl(const T* x, const float* a, const float* p, float* acc
 // from memory. Then per image: y (L x D, fp32) converted and normalised row by row, S = y a^T
 // (at::mm), the exact softmax over the tokens column by column (no online rescale: the whole
 // image's L x K scores are at hand), acc = softmax(S)^T y (at::mm), one image after the other
-// so the GEMMs get every thread.
+// so the GEMMs get every thread. `splits` is not used there (nothing to merge); results match
+// the tile kernel's up to rounding.
 
-// Rows [j0, j1) of the image: x -> fp32 y (LayerNorm without affine when normalize).
-template <typename T>
-void gemm_rows_in(const T* x, int64_t sn, int64_t j0, int64_t j1, int64_t dim, float eps, bool normalize, float* y,
-                  HalfRowFn half_fn) {
+// Rows [j0, j1) of the image: x -> fp32 y (row stride dp, zero padding), LayerNorm without
+// affine when normalize (the tile kernel's centring, then the 1/std applied).
+template <int W, typename T>
+__attribute__((always_inline)) inline void gemm_rows_body(const T* x, int64_t sn, int64_t j0, int64_t j1, int64_t dim,
+                                                          int64_t dp, float eps, bool normalize, float* y,
+                                                          HalfRowFn half_fn) {
+  using vf = typename VecOf<W>::type;
   for (int64_t j = j0; j < j1; ++j) {
-    float* r = y + j * dim;
+    float* r = y + j * dp;
     convert_row(x + j * sn, r, dim, half_fn);
+    std::fill(r + dim, r + dp, 0.0f);
     if (!normalize) continue;
-    float sum = 0.0f;
-    for (int64_t d = 0; d < dim; ++d) sum += r[d];
-    const float mean = sum / float(dim);
-    float sq = 0.0f;
-    for (int64_t d = 0; d < dim; ++d) sq += (r[d] - mean) * (r[d] - mean);
-    const float rstd = 1.0f / std::sqrt(sq / float(dim) + eps);
-    for (int64_t d = 0; d < dim; ++d) r[d] = (r[d] - mean) * rstd;
+    const float rs = centre_row<W>(r, dim, dp, eps);
+    vf* v = reinterpret_cast<vf*>(r);
+    for (int64_t i = 0; i < dp / W; ++i) v[i] *= rs;
   }
 }
+
+template <typename T>
+using RowsFn = void (*)(const T*, int64_t, int64_t, int64_t, int64_t, int64_t, float, bool, float*, HalfRowFn);
+#define LMINI_ROWS_VARIANT(name, attr, W)                                                                      \
+  template <typename T>                                                                                        \
+  attr void name(const T* x, int64_t sn, int64_t j0, int64_t j1, int64_t dim, int64_t dp, float eps,           \
+                 bool normalize, float* y, HalfRowFn half_fn) {                                                \
+    gemm_rows_body<W>(x, sn, j0, j1, dim, dp, eps, normalize, y, half_fn);                                     \
+  }
+LMINI_ROWS_VARIANT(gemm_rows_baseline, , 4)
+#if LMINI_X86_DISPATCH
+LMINI_ROWS_VARIANT(gemm_rows_avx2, LMINI_TARGET_AVX2, 8)
+LMINI_ROWS_VARIANT(gemm_rows_avx512, LMINI_TARGET_AVX512, 16)
+#endif
 
 // Columns [k0, k1) of the scores s (rows 0..len, row stride nk): add the key-position logits
 // (pt: p transposed, T x nk; row pidx[j] or j), then exp(s - max) in place; m and l get each
@@ -346,9 +372,14 @@ void compress_folded_gemm(const T* x, const at::Tensor& a, const at::Tensor& p, 
   const Isa isa = cpu_isa();
   const SoftmaxFn softmax_cols = LMINI_ISA_PICK(isa, gemm_softmax);
   const HalfRowFn half_fn = pick_half_row_fn(isa != Isa::base);
+#if LMINI_X86_DISPATCH
+  const RowsFn<T> rows_in = isa_pick(isa, gemm_rows_baseline<T>, gemm_rows_avx2<T>, gemm_rows_avx512<T>);
+#else
+  const RowsFn<T> rows_in = gemm_rows_baseline<T>;
+#endif
   const at::Tensor at_ = a.t();
   const at::Tensor pt = p.t().contiguous();  // (T, K): one token's logits are a contiguous row
-  at::Tensor y = at::empty({sh.n, sh.dim}, acc.options());
+  at::Tensor y_pad = at::empty({sh.n, sh.dp}, acc.options());  // rows padded for whole vectors
   at::Tensor s = at::empty({sh.n, sh.nk}, acc.options());
   std::vector<float> m(sh.nk), l(sh.nk);
   constexpr int64_t kCols = 64;  // score columns per softmax task
@@ -361,11 +392,11 @@ void compress_folded_gemm(const T* x, const at::Tensor& a, const at::Tensor& p, 
       continue;
     }
     const T* xb = x + b * sh.sb;
-    float* yp = y.data_ptr<float>();
+    float* yp = y_pad.data_ptr<float>();
     at::parallel_for(0, len, 16, [&](int64_t j0, int64_t j1) {
-      gemm_rows_in(xb, sh.sn, j0, j1, sh.dim, eps, ex.normalize, yp, half_fn);
+      rows_in(xb, sh.sn, j0, j1, sh.dim, sh.dp, eps, ex.normalize, yp, half_fn);
     });
-    const at::Tensor yb = y.narrow(0, 0, len);
+    const at::Tensor yb = y_pad.narrow(0, 0, len).narrow(1, 0, sh.dim);
     at::Tensor sb = s.narrow(0, 0, len);
     at::mm_out(sb, yb, at_);
     const int32_t* pidx = ex.pidx ? ex.pidx + b * sh.n : nullptr;
@@ -386,7 +417,18 @@ void compress_folded_gemm(const T* x, const at::Tensor& a, const at::Tensor& p, 
   }
 }
 
-// K from which the GEMM path beats the tile kernel (measured; see compress_folded).
+// K from which the GEMM path beats the tile kernel. Measured 2026-12-03 on the 2-vCPU AVX-512
+// Xeon (L2 2 MiB/core), 2 threads, best of 2-3 runs, a shared machine (load 10-50: +-30%).
+// Tile vs GEMM, fp32 x, normalize, same run: B=10 N=1024 D=1152: K=32 18.7 / 38.5 ms, K=64
+// 37.3 / 32.2, K=128 72 / 55, K=256 157 / 87; B=16 N=576 D=1024: K=8 8.0 / 9.8, K=32
+// 18.7 / 15.5, K=64 35.8 / 25.3, K=256 139 / 72.
+// Against core_torch (torch GEMMs), B=10 N=1024 D=1152 normalize=False, C++ vs torch, same
+// run: K=1792 fp32 265 vs 404 ms, bf16 263 vs 421; K=3072 fp32 440 vs 742, bf16 452 vs 758
+// (about 320 GFLOP/s, MKL near peak; a busier run: 616 vs 776 ... 1150 vs 1504). The tile
+// kernel alone had taken 672 (K=1792) and 1619 ms (K=3072) fp32, 5338 ms bf16 K=3072, against
+// torch's 407 / 1578 / 1661 in that run. LLaVA-Mini (B=64 N=576 D=1024 K=8) stays on the tile
+// kernel: 30.1 ms fp32 / 28.0 bf16 against 31.8 / 28.9 before pidx/lengths/normalize (runs
+// interleaved under the same load).
 constexpr int64_t kGemmMinRows = 64;
 
 std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const at::Tensor& a_in,
@@ -450,7 +492,12 @@ std::tuple<at::Tensor, at::Tensor> compress_folded(const at::Tensor& x_in, const
   if (sh.batch == 0 || sh.nk == 0) return {acc, lse};
   TORCH_CHECK(sh.n > 0 && sh.dim > 0, "lmini::compress_folded: x needs N >= 1 tokens of D >= 1 features");
   const float e = float(eps);
-  if (sh.nk >= kGemmMinRows) {
+  // LMINI_COMPRESS_CPU_PATH=tile|gemm forces a path (tests and measurements), read every call.
+  const char* force = std::getenv("LMINI_COMPRESS_CPU_PATH");
+  const bool gemm = force != nullptr && std::string(force) == "gemm"   ? true
+                    : force != nullptr && std::string(force) == "tile" ? false
+                                                                       : sh.nk >= kGemmMinRows;
+  if (gemm) {
     const at::Tensor a = a_in.contiguous();
     switch (dtype_of(x, "x")) {
       case DType::f32:

@@ -83,31 +83,40 @@ def check_eps_numbers(backend: str, dtype=torch.float32, device: str = "cpu", al
         assert (other - ref).norm() > 0.05 * ref.norm(), "the test inputs must make eps matter"
 
 
-def check_core_new_arguments(fn, k: int, normalize: bool, dtype) -> None:
-    """pidx (repeated columns of a wider p), lengths (0, 1, N and in between; NaN and inf in the
-    unseen rows), normalize on and off, split counts: the C++ core ``fn`` (the CPU kernel, or
-    the CUDA kernel through the emulator) against the PyTorch core in float64 on the same
-    rounded x."""
-    import math
+def core_case(batch: int, n: int, dim: int, k: int, cols: int | None = None, seen: list[int] | None = None):
+    """Random float64 inputs of the folded core (x, a, p, pidx, lengths): pidx random columns of
+    a (K, cols) p, with repeats (None without cols); lengths ``seen`` (None without)."""
+    x = randn(batch, n, dim, dtype=torch.float64, scale=2.0) + 0.5
+    a = randn(k, dim, dtype=torch.float64, scale=2.0 / dim**0.5)
+    p = randn(k, cols or n, dtype=torch.float64)
+    pidx = None if cols is None else torch.randint(0, cols, (batch, n), dtype=torch.int32)
+    lengths = None if seen is None else torch.tensor(seen, dtype=torch.int32)
+    return x, a, p, pidx, lengths
 
-    from lmini_kernels.ops.compress.core import core_torch_op
 
-    b, n, d, t = 5, 37, 29, 23
-    x = (randn(b, n, d, scale=1.5) + 0.2).to(dtype)
-    a = randn(k, d, scale=0.3)
-    p = randn(k, t)
-    pidx = torch.randint(0, t, (b, n), dtype=torch.int32)
-    lengths = torch.tensor([n, 0, 1, 17, n - 3], dtype=torch.int32)
-    dirty = x.clone()
-    for i, ln in enumerate(lengths.tolist()):
-        dirty[i, ln:] = float("nan")
-        if ln < n:
-            dirty[i, -1] = float("inf")
-    ref_acc, ref_lse = core_torch_op(x.double(), a.double(), p.double(), 1e-5, 0, pidx, lengths, normalize)
-    seen = lengths > 0
-    for splits in (1, 3, 0):
-        acc, lse = fn(dirty, a, p, 1e-5, splits, pidx, lengths, normalize)
-        assert torch.isfinite(acc).all()
-        assert (lse[~seen] == -math.inf).all() and (acc[~seen] == 0).all()
-        assert_close(acc[seen], ref_acc[seen], dtype=torch.float32)
-        assert torch.allclose(lse[seen].double(), ref_lse[seen], rtol=1e-5, atol=1e-5)
+def check_core(core_fn, case, dtype, normalize: bool, splits: int, device: str = "cpu") -> None:
+    """``core_fn`` (a C++ core op: x in ``dtype``, a and p float32) against core_torch in float64
+    on the same rounded inputs; then the unseen tokens poisoned with NaN and inf must leave both
+    outputs bit for bit unchanged, and an image with no seen token gives acc = 0, lse = -inf."""
+    from lmini_kernels.ops.compress.folded import core_torch
+
+    x, a, p, pidx, lengths = case
+    x, a, p = x.to(dtype), a.float(), p.float()
+    ref_acc, ref_lse = core_torch(x.double(), a.double(), p.double(), 1e-5, pidx, lengths, normalize)
+    dev = [None if t is None else t.to(device) for t in (pidx, lengths)]
+    acc, lse = core_fn(x.to(device), a.to(device), p.to(device), 1e-5, splits, *dev, normalize)
+    acc, lse = acc.cpu(), lse.cpu()
+    assert_close(acc, ref_acc, dtype=torch.float32)
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(lse == -torch.inf, ref_lse == -torch.inf) and finite.any()
+    assert_close(lse[finite], ref_lse[finite], dtype=torch.float32)
+    if lengths is not None:
+        empty = lengths == 0
+        assert (acc[empty] == 0).all() and (lse[empty] == -torch.inf).all()
+        poisoned = x.clone()
+        for b, seen in enumerate(lengths.tolist()):
+            poisoned[b, seen:] = float("nan")
+            if seen < x.shape[1]:
+                poisoned[b, seen, 0] = float("inf")
+        acc2, lse2 = core_fn(poisoned.to(device), a.to(device), p.to(device), 1e-5, splits, *dev, normalize)
+        assert torch.equal(acc2.cpu(), acc) and torch.equal(lse2.cpu(), lse), "an unseen token changed the output"

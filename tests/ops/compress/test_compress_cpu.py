@@ -6,9 +6,10 @@ import pytest
 import torch
 from compress_helpers import (
     OfficialResampler,
-    check_core_new_arguments,
+    check_core,
     check_eps_numbers,
     check_folded,
+    core_case,
     make_params,
     oracle,
     run,
@@ -171,6 +172,72 @@ def test_opcheck_core_ops():
     torch.library.opcheck(core_torch_op, (x, a, pp, 1e-5))
 
 
+@pytest.mark.parametrize("path", ("tile", "gemm"))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("normalize", (True, False))
+@pytest.mark.parametrize("splits", (0, 1, 2, 3))
+def test_core_pidx_lengths_normalize(monkeypatch, path, dtype, normalize, splits):
+    """pidx (random columns with repeats), lengths (0, 1, N and between), normalize on and off,
+    on both CPU paths (LMINI_COMPRESS_CPU_PATH forces one): N not a multiple of the 16-token
+    tile, K not a multiple of 4, D odd; unseen tokens poisoned with NaN/inf change nothing."""
+    monkeypatch.setenv("LMINI_COMPRESS_CPU_PATH", path)
+    n = 37
+    check_core(core_cpp, core_case(6, n, 29, 7, cols=11, seen=[0, 1, n, 20, 17, 36]), dtype, normalize, splits)
+
+
+@pytest.mark.parametrize("path", ("tile", "gemm"))
+@pytest.mark.parametrize(("cols", "seen"), [(None, [5, 0, 49]), (9, None), (None, None)])
+def test_core_pidx_or_lengths_alone(monkeypatch, path, cols, seen):
+    monkeypatch.setenv("LMINI_COMPRESS_CPU_PATH", path)
+    check_core(core_cpp, core_case(3, 49, 40, 5, cols=cols, seen=seen), torch.bfloat16, True, 2)
+
+
+@pytest.mark.parametrize(("k", "normalize"), [(70, False), (130, True)])
+def test_core_many_rows_default_route(k, normalize):
+    """K >= 64 takes the GEMM path by default (K = 70, 130: not multiples of 4 or 64)."""
+    check_core(core_cpp, core_case(3, 45, 33, k, cols=20, seen=[45, 0, 7]), torch.float32, normalize, 0)
+
+
+@pytest.mark.parametrize("path", ("tile", "gemm"))
+@pytest.mark.parametrize(
+    ("over", "words"),
+    [
+        (dict(pidx=torch.tensor([[0, 11, 2]], dtype=torch.int32)), ("pidx[0, 1] = 11", "[0, T = 11)")),
+        (dict(pidx=torch.tensor([[0, -1, 2]], dtype=torch.int32)), ("pidx[0, 1] = -1",)),
+        (dict(pidx=torch.zeros(1, 3, dtype=torch.int64)), ("pidx must be an int32",)),
+        (dict(pidx=torch.zeros(1, 4, dtype=torch.int32)), ("pidx must be an int32", "(1, 3)")),
+        (dict(lengths=torch.tensor([4], dtype=torch.int32)), ("lengths[0] = 4", "[0, N = 3]")),
+        (dict(lengths=torch.tensor([-1], dtype=torch.int32)), ("lengths[0] = -1",)),
+        (dict(lengths=torch.tensor([1, 1], dtype=torch.int32)), ("lengths must be an int32", "(1,)")),
+        (dict(pidx=None), ("p must be float32 (K, N) = (2, 3)",)),
+    ],
+)
+def test_core_bad_pidx_lengths_are_named(monkeypatch, path, over, words):
+    monkeypatch.setenv("LMINI_COMPRESS_CPU_PATH", path)
+    args = dict(pidx=torch.tensor([[0, 1, 10]], dtype=torch.int32), lengths=None)
+    args.update(over)
+    with pytest.raises(RuntimeError) as info:
+        core_cpp(randn(1, 3, 8), randn(2, 8), randn(2, 11), 1e-5, 0, args["pidx"], args["lengths"])
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_core_pidx_of_unseen_tokens_is_not_checked():
+    """Only seen tokens' pidx entries are used, so only those are checked."""
+    pidx = torch.tensor([[0, 1, 99]], dtype=torch.int32)
+    core_cpp(randn(1, 3, 8), randn(2, 8), randn(2, 4), 1e-5, 0, pidx, torch.tensor([2], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("path", ("tile", "gemm"))
+def test_opcheck_core_new_arguments(monkeypatch, path):
+    monkeypatch.setenv("LMINI_COMPRESS_CPU_PATH", path)
+    x, a, pp, pidx, lengths = core_case(3, 21, 12, 6, cols=5, seen=[21, 0, 9])
+    x, a, pp = x.float().requires_grad_(), a.float().requires_grad_(), pp.float().requires_grad_()
+    for normalize in (True, False):
+        args = (x, a, pp, 1e-5, 2, pidx, lengths, normalize)
+        torch.library.opcheck(torch.ops.lmini.compress_folded.default, args)
+
+
 def test_tolerances_are_the_issue_bounds():
     assert TOLERANCE[torch.float32] == 1e-5 and TOLERANCE[torch.float16] == 2e-3 and TOLERANCE[torch.bfloat16] == 1e-2
 
@@ -271,11 +338,3 @@ def test_key_positions_match_torch_bicubic(src, tgt):
     want = F.interpolate(grid, size=(tgt, tgt), mode="bicubic", align_corners=False)
     want = want.permute(0, 2, 3, 1).reshape(tgt * tgt, -1)
     assert_close(lk.compress_positions(pe, tgt * tgt), want, dtype=torch.float32)
-
-
-@pytest.mark.parametrize("k", (7, 70))  # the tile kernel, and the GEMM path (K >= 64 on CPU)
-@pytest.mark.parametrize("normalize", (True, False))
-@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
-def test_core_new_arguments_against_torch(k, normalize, dtype):
-    """The CPU kernel with pidx, lengths and normalize (the CUDA kernel's twin is in test_compress_cuda.py)."""
-    check_core_new_arguments(core_cpp, k, normalize, dtype)

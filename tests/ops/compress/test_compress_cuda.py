@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compress_helpers import check_eps_numbers, check_folded, make_params, run
+from compress_helpers import check_core, check_eps_numbers, check_folded, core_case, make_params, run
 from utils import assert_close, non_contiguous, randn
 
 import lmini_kernels as lk
@@ -15,10 +15,15 @@ GPU = torch.cuda.is_available() and not lk.env.cuda_emulate()
 DEVICE = "cuda" if GPU else "cpu"
 
 
-def _core(x, a, p, splits):
+def _core_op(*args):
+    """The C++ core: the CUDA op on a GPU, its emulated twin here."""
     from lmini_kernels.ops.compress import core
 
-    return (core.core_cpp if GPU else core.core_emulated)(x, a, p, 1e-5, splits)
+    return (core.core_cpp if GPU else core.core_emulated)(*args)
+
+
+def _core(x, a, p, splits):
+    return _core_op(x, a, p, 1e-5, splits)
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
@@ -41,6 +46,38 @@ def test_cuda_core_shapes_and_splits(batch, n, dim, k, splits):
     acc, lse = _core(non_contiguous(x.float(), dim=1), a.float(), pp.float(), splits)
     assert_close(acc, acc_ref, dtype=torch.float32)
     assert_close(lse, lse_ref, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("normalize", (True, False))
+@pytest.mark.parametrize("splits", (0, 1, 2, 3))
+def test_cuda_core_pidx_lengths_normalize(dtype, normalize, splits):
+    """pidx (random columns with repeats), lengths (0, 1, N and between: chunks past a length
+    are empty and merged as such), normalize on and off; K = 9 over two row tiles, N and D odd;
+    unseen tokens poisoned with NaN/inf change nothing."""
+    n = 21
+    case = core_case(4, n, 37, 9, cols=5, seen=[0, 1, n, 13])
+    check_core(_core_op, case, dtype, normalize, splits, DEVICE)
+
+
+@pytest.mark.parametrize(("cols", "seen", "dim"), [(None, [3, 0], 1100), (6, None, 40)])
+def test_cuda_core_pidx_or_lengths_alone(cols, seen, dim):
+    """One of the two alone; D = 1100 (256 threads, the tile of 4 tokens)."""
+    check_core(_core_op, core_case(2, 19, dim, 3, cols=cols, seen=seen), torch.float32, True, 2, DEVICE)
+
+
+def test_cuda_core_clamps_bad_indices():
+    """The CUDA glue checks no values (that would synchronise): the kernel clamps pidx into
+    [0, T) and lengths into [0, N], so a bad entry never reads out of bounds."""
+    x, a, pp, pidx, _ = core_case(2, 10, 16, 3, cols=4)
+    bad = pidx.clone()
+    bad[0, 2], bad[1, 5] = -7, 1000
+    fixed = bad.clamp(0, 3)
+    lengths, clamped = torch.tensor([-3, 50], dtype=torch.int32), torch.tensor([0, 10], dtype=torch.int32)
+    args = [t.float().to(DEVICE) for t in (x, a, pp)]
+    got = _core_op(*args, 1e-5, 1, bad.to(DEVICE), lengths.to(DEVICE), True)
+    want = _core_op(*args, 1e-5, 1, fixed.to(DEVICE), clamped.to(DEVICE), True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_cuda_refuses_wide_dims():
@@ -88,6 +125,10 @@ def test_emulated_op_opcheck_and_fake_tensors():
         acc, lse = torch.ops.lmini_emu.compress_folded(torch.empty(3, 70, 16), torch.empty(4, 16), torch.empty(4, 70),
                                                        1e-5, 0)  # fmt: skip
     assert acc.shape == (3, 4, 16) and lse.shape == (3, 4)
+    x, a, pp, pidx, lengths = core_case(3, 20, 12, 5, cols=7, seen=[20, 0, 6])
+    for normalize in (True, False):
+        args = (x.float().requires_grad_(), a.float().requires_grad_(), pp.float(), 1e-5, 2, pidx, lengths, normalize)
+        torch.library.opcheck(torch.ops.lmini_emu.compress_folded.default, args)
 
 
 @pytest.mark.gpu
@@ -96,24 +137,10 @@ def test_cuda_backward_and_opcheck_on_gpu():
     x = randn(2, 9, 12, device="cuda")
     torch.library.opcheck(torch.ops.lmini.compress_folded.default, (x, randn(5, 12, device="cuda"),
                                                                     randn(5, 9, device="cuda"), 1e-5, 0))  # fmt: skip
+    x, a, pp, pidx, lengths = (t.cuda() for t in core_case(3, 20, 12, 5, cols=7, seen=[20, 0, 6]))
+    args = (x.float().requires_grad_(), a.float().requires_grad_(), pp.float(), 1e-5, 2, pidx, lengths, False)
+    torch.library.opcheck(torch.ops.lmini.compress_folded.default, args)
 
 
 def test_cuda_layernorm_eps_reaches_the_numbers():
     check_eps_numbers("cuda", device=DEVICE)
-
-
-@pytest.mark.parametrize("k", (7, 70))
-@pytest.mark.parametrize("normalize", (True, False))
-@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
-def test_core_new_arguments_against_torch(k, normalize, dtype):
-    """The CUDA kernel (emulated here, the GPU op with LMINI_TEST_GPU=1) with pidx, lengths and
-    normalize against the PyTorch core (compress_helpers.check_core_new_arguments)."""
-    from compress_helpers import check_core_new_arguments
-
-    from lmini_kernels.ops.compress import core
-
-    def on_device(x, *args):
-        moved = [t.cuda() if GPU and isinstance(t, torch.Tensor) else t for t in (x, *args)]
-        return tuple(t.cpu() for t in (core.core_cpp if GPU else core.core_emulated)(*moved))
-
-    check_core_new_arguments(on_device, k, normalize, dtype)
