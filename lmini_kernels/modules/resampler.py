@@ -282,12 +282,15 @@ class FusedResampler(nn.Module):
             out, attn = compress(x, self.weights(pos_k), folded=folded, **kw)
         return (out, attn) if self.layout == "llava_mini" else out
 
-    def _key_grid(self, x: torch.Tensor, tgt_sizes) -> int | tuple[int, int]:
+    def _key_grid(self, x: torch.Tensor, tgt_sizes) -> tuple[int, int]:
+        """The (H, W) key grid: ``tgt_sizes`` ("resampler2"), else the square grid of N tokens
+        (always a pair: an int would read as the side G for the adaptive table)."""
         n = x.shape[1]
         if tgt_sizes is None or self.layout != "resampler2":
-            if square_root(n) is None:
+            side = square_root(n)
+            if side is None:
                 raise ValueError(f"x.shape[1] (tokens per image): expected a square number G*G, got {n}")
-            return n
+            return side, side
         hw = _pair(tgt_sizes)
         if hw[0] * hw[1] != n:
             raise ValueError(f"tgt_sizes: {hw[0]} x {hw[1]} = {hw[0] * hw[1]} tokens, but x has {n} per image")
