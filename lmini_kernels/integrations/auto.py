@@ -6,7 +6,9 @@ Detectors run in order (the first that matches decides, as a model-type -> apply
    attributes, never imported): nothing to patch, it already calls the library's ops;
 2. the official LLaVA-Mini (``LlavaMiniLlamaForCausalLM``, by structure):
    :func:`~lmini_kernels.integrations.apply_lmini_kernels_to_llava_mini`;
-3. any other Hugging Face ``PreTrainedModel``: its attention through
+3. MiniCPM-V (a ``resampler`` module beside ``vpm`` or ``llm``, by structure):
+   :func:`~lmini_kernels.integrations.apply_lmini_kernels_to_minicpmv`;
+4. any other Hugging Face ``PreTrainedModel``: its attention through
    :func:`~lmini_kernels.integrations.register_hf_attention` and
    ``set_attn_implementation("lmini")``, when the model supports a settable attention.
 
@@ -26,6 +28,7 @@ from lmini_kernels.integrations.llava_mini_official import (
     apply_lmini_kernels_to_llava_mini,
     is_official_llava_mini,
 )
+from lmini_kernels.integrations.minicpmv import apply_lmini_kernels_to_minicpmv, is_minicpmv
 
 __all__ = ["PatchReport", "apply_lmini_kernels"]
 
@@ -89,6 +92,21 @@ def _official(model: nn.Module, report: PatchReport, **options: Any) -> None:
     )  # fmt: skip
 
 
+def _minicpmv(model: nn.Module, report: PatchReport, **options: Any) -> None:
+    freeze = options.get("freeze", options.get("freeze_compressor", True))
+    try:
+        handle = apply_lmini_kernels_to_minicpmv(model, freeze=freeze)
+    except UnsupportedModelError as e:
+        report.not_patched.append(("resampler", str(e)))
+        return
+    report._revert.append(handle.revert)
+    report.patched.append(
+        f"resampler -> FusedResampler ({handle.fused.layout!r} layout, shared parameters"
+        + (", frozen fold)" if freeze else ")")
+    )
+    report.not_patched.append(("vpm, llm", "left as is (only the resampler has a fused op here)"))
+
+
 def _is_hf_model(model: object) -> bool:
     try:
         from transformers import PreTrainedModel
@@ -137,6 +155,7 @@ def _hf_attention(model: nn.Module, report: PatchReport, **_: Any) -> None:
 _DETECTORS: list[tuple[str, Callable[[object], bool], Callable[..., None]]] = [
     ("reference LLaVA-Mini", _is_reference_llava_mini, _reference),
     ("official LLaVA-Mini", is_official_llava_mini, _official),
+    ("MiniCPM-V", is_minicpmv, _minicpmv),
     ("Hugging Face model", _is_hf_model, _hf_attention),
 ]
 
@@ -148,7 +167,7 @@ def apply_lmini_kernels(model: nn.Module, **options: Any) -> PatchReport:
         model: any ``nn.Module``.
         **options: passed to :func:`apply_lmini_kernels_to_llava_mini` for the official
             LLaVA-Mini (``backend``, ``freeze_compressor``, ``prefix_cache_size``,
-            ``video_chunk_frames``).
+            ``video_chunk_frames``); MiniCPM-V takes ``freeze`` (or ``freeze_compressor``).
 
     Returns:
         a :class:`PatchReport` (``print`` it): what was patched, what was not and why, and
@@ -161,6 +180,6 @@ def apply_lmini_kernels(model: nn.Module, **options: Any) -> PatchReport:
             return report
     report = PatchReport(type(model).__name__, "unknown")
     report.not_patched.append(
-        ("everything", "neither LLaVA-Mini (official or reference) nor a Hugging Face PreTrainedModel")
+        ("everything", "neither LLaVA-Mini (official or reference), MiniCPM-V nor a Hugging Face PreTrainedModel")
     )
     return report
