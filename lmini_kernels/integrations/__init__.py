@@ -4,8 +4,8 @@
   (returns a :class:`PatchReport` with ``.revert()``).
 - :func:`apply_lmini_kernels_to_llava_mini`: the fused compressor and pre-fusion inside an
   instance of the official LLaVA-Mini (``LlavaMiniLlamaForCausalLM``), found by structure.
-- :func:`apply_lmini_kernels_to_minicpmv`: the fused compressor in place of a MiniCPM-V
-  instance's ``resampler`` (shared weights, the same call).
+- :func:`apply_lmini_kernels_to_minicpmv`: the fused compressor as ``model.resampler`` of a
+  MiniCPM-V instance (hub remote code), sharing its parameters.
 - :func:`register_hf_attention`: ``attn_implementation="lmini"`` for Hugging Face transformers
   models, over :func:`lmini_kernels.prefusion_attention`.
 """

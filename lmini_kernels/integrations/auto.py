@@ -6,7 +6,7 @@ Detectors run in order (the first that matches decides, as a model-type -> apply
    attributes, never imported): nothing to patch, it already calls the library's ops;
 2. the official LLaVA-Mini (``LlavaMiniLlamaForCausalLM``, by structure):
    :func:`~lmini_kernels.integrations.apply_lmini_kernels_to_llava_mini`;
-3. MiniCPM-V (a ``resampler`` beside ``vpm`` or ``llm``, by structure):
+3. MiniCPM-V (a ``resampler`` module beside ``vpm`` or ``llm``, by structure):
    :func:`~lmini_kernels.integrations.apply_lmini_kernels_to_minicpmv`;
 4. any other Hugging Face ``PreTrainedModel``: its attention through
    :func:`~lmini_kernels.integrations.register_hf_attention` and
@@ -92,18 +92,19 @@ def _official(model: nn.Module, report: PatchReport, **options: Any) -> None:
     )  # fmt: skip
 
 
-def _minicpmv(model: nn.Module, report: PatchReport, freeze: bool = True, **_: Any) -> None:
+def _minicpmv(model: nn.Module, report: PatchReport, **options: Any) -> None:
+    freeze = options.get("freeze", options.get("freeze_compressor", True))
     try:
         handle = apply_lmini_kernels_to_minicpmv(model, freeze=freeze)
     except UnsupportedModelError as e:
         report.not_patched.append(("resampler", str(e)))
         return
     report._revert.append(handle.revert)
-    report.patched.append(f"resampler -> FusedResampler (layout {handle.resampler.layout!r}, shared parameters)")
-    report.not_patched.append(
-        ("LLM and vision attention", "left as is; call register_hf_attention() and set_attn_implementation('lmini') "
-                                     "on the LLM yourself if wanted")
-    )  # fmt: skip
+    report.patched.append(
+        f"resampler -> FusedResampler ({handle.fused.layout!r} layout, shared parameters"
+        + (", frozen fold)" if freeze else ")")
+    )
+    report.not_patched.append(("vpm, llm", "left as is (only the resampler has a fused op here)"))
 
 
 def _is_hf_model(model: object) -> bool:
@@ -166,7 +167,7 @@ def apply_lmini_kernels(model: nn.Module, **options: Any) -> PatchReport:
         model: any ``nn.Module``.
         **options: passed to :func:`apply_lmini_kernels_to_llava_mini` for the official
             LLaVA-Mini (``backend``, ``freeze_compressor``, ``prefix_cache_size``,
-            ``video_chunk_frames``).
+            ``video_chunk_frames``); MiniCPM-V takes ``freeze`` (or ``freeze_compressor``).
 
     Returns:
         a :class:`PatchReport` (``print`` it): what was patched, what was not and why, and
@@ -179,6 +180,6 @@ def apply_lmini_kernels(model: nn.Module, **options: Any) -> PatchReport:
             return report
     report = PatchReport(type(model).__name__, "unknown")
     report.not_patched.append(
-        ("everything", "neither LLaVA-Mini (official or reference) nor a Hugging Face PreTrainedModel")
+        ("everything", "neither LLaVA-Mini (official or reference), MiniCPM-V nor a Hugging Face PreTrainedModel")
     )
     return report

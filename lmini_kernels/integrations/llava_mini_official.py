@@ -570,17 +570,6 @@ def _undo(model: nn.Module, inner: nn.Module, original_compressor: nn.Module, sa
             model.__dict__[name] = value
 
 
-def _share_parameters(dst: nn.Module, src: nn.Module) -> None:
-    """Make every parameter of ``dst`` the same Parameter object as ``src``'s of that name."""
-    for name, p in src.named_parameters():
-        owner, _, leaf = name.rpartition(".")
-        target = dst.get_submodule(owner) if owner else dst
-        mine = getattr(target, leaf)
-        if mine.shape != p.shape or mine.dtype != p.dtype or mine.device != p.device:
-            raise ValueError(f"compressor parameter {name}: {tuple(p.shape)} {p.dtype} does not fit the FusedResampler")
-        setattr(target, leaf, p)
-
-
 def apply_lmini_kernels_to_llava_mini(
     model: nn.Module,
     *,
@@ -628,8 +617,7 @@ def apply_lmini_kernels_to_llava_mini(
     original = inner.compressor
     saved = {name: model.__dict__.get(name, _MISSING) for name in (*_METHODS, _HANDLE)}
     try:
-        fused = FusedResampler.from_module(original)
-        _share_parameters(fused, original)
+        fused = FusedResampler.from_module(original, share=True)
         if freeze_compressor:
             fused.freeze()
         fused.train(original.training)

@@ -82,7 +82,22 @@ def _padding_mask(tgt_sizes: torch.Tensor, device) -> torch.Tensor:
     return torch.arange(int(lens.max()), device=device).unsqueeze(0) >= lens.unsqueeze(1)
 
 
-class HubMiniCPMVResampler(nn.Module):
+class _TableCache:
+    """The MiniCPM-V modules' (H, W, D) ``pos_embed`` buffer (non-persistent, float32), rebuilt
+    larger when an image exceeds ``max_size``."""
+
+    def _set_2d_pos_cache(self, max_size, device="cpu"):
+        table = torch.from_numpy(sincos_2d(self.embed_dim, max_size)).float().to(device)
+        self.register_buffer("pos_embed", table, persistent=False)
+
+    def _adjust_pos_cache(self, tgt_sizes, device):
+        max_h, max_w = int(tgt_sizes[:, 0].max()), int(tgt_sizes[:, 1].max())
+        if max_h > self.max_size[0] or max_w > self.max_size[1]:
+            self.max_size = (max(max_h, self.max_size[0]), max(max_w, self.max_size[1]))
+            self._set_2d_pos_cache(self.max_size, device)
+
+
+class HubMiniCPMVResampler(_TableCache, nn.Module):
     """MiniCPM-V 2.5 / 2.6 hub ``Resampler``: ``kv_proj`` an ``nn.Linear`` (no bias) or
     ``nn.Identity``, a non-persistent (H, W, D) ``pos_embed`` buffer grown on demand, no query
     positions, ``ln_post`` then ``@ proj``; ``forward(x, tgt_sizes)`` with x (B, max H*W, kv)."""
@@ -101,16 +116,6 @@ class HubMiniCPMVResampler(nn.Module):
         self.proj = nn.Parameter(embed_dim**-0.5 * torch.randn(embed_dim, embed_dim))
         self._set_2d_pos_cache(max_size)
         _init_(self)
-
-    def _set_2d_pos_cache(self, max_size, device="cpu"):
-        table = torch.from_numpy(sincos_2d(self.embed_dim, max_size)).float().to(device)
-        self.register_buffer("pos_embed", table, persistent=False)
-
-    def _adjust_pos_cache(self, tgt_sizes, device):
-        max_h, max_w = int(tgt_sizes[:, 0].max()), int(tgt_sizes[:, 1].max())
-        if max_h > self.max_size[0] or max_w > self.max_size[1]:
-            self.max_size = [max(max_h, self.max_size[0]), max(max_w, self.max_size[1])]
-            self._set_2d_pos_cache(self.max_size, device)
 
     def forward(self, x, tgt_sizes=None):
         assert x.shape[0] == tgt_sizes.shape[0]
@@ -195,7 +200,7 @@ class VllmResampler2(VllmBaseResampler):
         return out
 
 
-class VllmResampler2_5(VllmBaseResampler):
+class VllmResampler2_5(_TableCache, VllmBaseResampler):
     """vLLM's ``Resampler2_5`` (MiniCPM-V 2.5 / 2.6 / 4.0): the hub module's math over the
     vLLM base (ReplicatedLinear or function ``kv_proj``), ``forward(x, tgt_sizes)``."""
 
@@ -203,16 +208,6 @@ class VllmResampler2_5(VllmBaseResampler):
         super().__init__(num_queries, embed_dim, num_heads, kv_dim, do_post_projection=True)
         self.max_size = max_size
         self._set_2d_pos_cache(max_size)
-
-    def _set_2d_pos_cache(self, max_size, device="cpu"):
-        table = torch.from_numpy(sincos_2d(self.embed_dim, max_size)).float().to(device)
-        self.register_buffer("pos_embed", table, persistent=False)
-
-    def _adjust_pos_cache(self, tgt_sizes, device):
-        max_h, max_w = int(tgt_sizes[:, 0].max()), int(tgt_sizes[:, 1].max())
-        if max_h > self.max_size[0] or max_w > self.max_size[1]:
-            self.max_size = (max(max_h, self.max_size[0]), max(max_w, self.max_size[1]))
-            self._set_2d_pos_cache(self.max_size, device)
 
     def forward(self, x, tgt_sizes):
         assert x.shape[0] == tgt_sizes.shape[0]
