@@ -44,6 +44,30 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _past_horizon(b, acc, offs_b, offs_acc, shift, B_IS_KEYS: tl.constexpr):
+    """For ``acc + a @ b`` over a tile that crosses the causal horizon (query i sees key
+    j <= shift + i), where ``a`` is 0 on the pairs past it and ``b``'s rows (at positions
+    offs_b) may hold NaN or inf: b with its non-finite values zeroed, and acc NaN at (r, c)
+    where acc row r is paired with a b row holding a non-finite b[n, c] (the reference's rule),
+    so no 0 * NaN reaches a row that is not. B_IS_KEYS: b rows are keys (K, V) and acc rows
+    queries offs_acc (the forward's P V, the backward's dS K: the first bad key of column c
+    within the row's horizon); else b rows are queries (q) and acc rows keys (dS^T q: the last
+    bad query of the column sees the key). The common case (b finite) costs one reduction; the
+    callers take this only on the tiles that cross the horizon (one or two per block)."""
+    bad = (b * 0.0) != 0.0  # NaN or inf: x * 0 is NaN exactly then
+    if tl.max(bad.to(tl.int32)) > 0:
+        if B_IS_KEYS:
+            first = tl.min(tl.where(bad, offs_b[:, None], 2147483647), 0)  # per column
+            seen = first[None, :] <= (shift + offs_acc)[:, None]
+        else:
+            last = tl.max(tl.where(bad, offs_b[:, None], -2147483647), 0)
+            seen = offs_acc[:, None] <= (shift + last)[None, :]
+        acc = tl.where(seen, float("nan"), acc)
+        b = tl.where(bad, 0.0, b).to(b.dtype)
+    return b, acc
+
+
+@triton.jit
 def prefusion_attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, ws_o_ptr, ws_ml_ptr,
     sqb, sql, sqh, skb, skl, skh, svb, svl, svh,
@@ -96,7 +120,13 @@ def prefusion_attn_fwd_kernel(
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + offs_n[:, None] * svl + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None]
+        if CAUSAL:
+            # A tile with keys past the first row's horizon: those rows' P is 0 there, but a
+            # non-finite V of such a key (later rows see it) would reach them through 0 * NaN.
+            if start + BLOCK_N - 1 > shift + pid_m * BLOCK_M:
+                v, acc = _past_horizon(v, acc, offs_n, offs_m, shift, True)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     if SPLIT:
@@ -241,8 +271,15 @@ def prefusion_attn_bwd_dkdv_kernel(
                                HAS_MASK, CAUSAL, DOT_PRECISION)  # fmt: skip
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-            ds = p * (dp - delta[:, None])
+            ds = tl.where(p == 0, 0.0, p * (dp - delta[:, None]))  # 0 * NaN: dP of a NaN V past the horizon
+            if CAUSAL:  # dS is 0 where these keys are past a row's horizon, and that row's q may be NaN
+                if m0 + shift < (pid_n + 1) * BLOCK_N - 1:
+                    q, dk = _past_horizon(q, dk, offs_m, offs_n, shift, False)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION)
+    if HAS_MASK:  # a padded key's gradients are 0, even where a NaN q row meets its dS = 0
+        keep = (tl.load(mask_ptr + b * lk + offs_n, mask=n_ok, other=1) == 0)[:, None]
+        dk = tl.where(keep, dk, 0.0)
+        dv = tl.where(keep, dv, 0.0)
     out = ((b * lk + offs_n[:, None]) * hkv + hk) * HEAD_DIM + offs_d[None, :]
     tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
@@ -282,7 +319,10 @@ def prefusion_attn_bwd_dq_kernel(
         p = _probabilities(q, tl.trans(k), lse, offs_m, offs_n, m_ok, n_ok, mask_ptr, b, lk, shift, scale_log2,
                            HAS_MASK, CAUSAL, DOT_PRECISION)  # fmt: skip
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        ds = p * (dp - delta[:, None])
+        ds = tl.where(p == 0, 0.0, p * (dp - delta[:, None]))  # 0 * NaN: dP of a NaN V past the horizon
+        if CAUSAL:  # dS is 0 past the horizon, where a K that later rows see may be NaN
+            if n0 + BLOCK_N - 1 > shift + pid_m * BLOCK_M:
+                k, dq = _past_horizon(k, dq, offs_n, offs_m, shift, True)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     tl.store(dq_ptr + ((b * lq + offs_m[:, None]) * hq + h) * HEAD_DIM + offs_d[None, :],
              (dq * scale).to(dq_ptr.dtype.element_ty), mask=qd_mask)  # fmt: skip
@@ -405,11 +445,12 @@ def _forward_launch(q, k, v, mask, out, lse, causal: bool, scale: float, plan: d
 def _bwd_config(dtype: torch.dtype, block_d: int) -> tuple[int, int, int]:
     """BLOCK_M, BLOCK_N, num_warps of the backward kernels (no spills on sm_80/sm_90, AOT_SPECS).
 
-    fp32 at BLOCK_D <= 64 takes 8 warps: with 4, the sm_90 code of Triton 3.6 spills in the dkdv
-    kernel (ptxas settles on 80 registers); at BLOCK_D = 128, 8 warps spill with 3.6 and 3.8 alike
-    (``.ci/compat`` compiles every spec with Triton 3.6)."""
+    fp32 at BLOCK_D <= 64 takes 4 warps and at BLOCK_D = 128 8 warps: since the dkdv kernel's
+    tiles that cross the causal horizon zero a non-finite q (``_past_horizon``), the other
+    choice spills there (Triton 3.8: 24 bytes at d = 64 on sm_90, 60 at d = 128 on sm_80).
+    ``.ci/compat`` compiles every spec with Triton 3.6 for sm_90 as well."""
     if dtype == torch.float32:
-        return (16, 16, 8 if block_d <= 64 else 4)
+        return (16, 16, 4 if block_d <= 64 else 8)
     return (32, 32, 8)
 
 
