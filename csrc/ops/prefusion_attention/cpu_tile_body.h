@@ -115,6 +115,65 @@ static inline void pv_all(const float* s, const float* v, int64_t ldv, float* ac
   for (; r < rows; ++r) pv_rows<1, Limited>(s + r * kTileN, v, ldv, acc + r * d, n, d, Limited ? lim + r : nullptr);
 }
 
+// Online softmax of one score tile s (rows x kTileN, fp32), in place: hidden keys (kbias -inf:
+// padded, or past the tile's end) and, when causal, the keys past a row's horizon become -inf,
+// the other scores are multiplied by sscale (1 where they were scaled already); then per row the
+// new max, the rescale of the running sum lrow and of the accumulators acc (rows x d), and P.
+// last0: the tile's last visible key of row 0 (causal); row r's is last0 + r / g.
+static inline void softmax_tile(float* s, int64_t rows, const float* kbias, float sscale, bool causal,
+                                int64_t last0, int64_t g, float* mrow, float* lrow, float* acc, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = s + r * kTileN;
+    // Hidden keys by select, not by the -inf bias alone: a NaN query times a zeroed key is NaN,
+    // and a query that sees no key gives zeros whatever it holds.
+    for (int64_t j = 0; j < kTileN; ++j) sr[j] = kbias[j] == 0.0f ? sr[j] * sscale : -INFINITY;
+    if (causal) {
+      const int64_t last = last0 + r / g;  // last visible key of the tile
+      for (int64_t j = std::max<int64_t>(last + 1, 0); j < kTileN; ++j) sr[j] = -INFINITY;
+    }
+    // The max keeps a NaN score (a NaN query, key or scale): the row's output is then NaN. Per
+    // lane first (kW-float vectors), then over the lanes.
+    vecw lane = loadw(sr);
+    for (int64_t j = kW; j < kTileN; j += kW) {
+      const vecw x = loadw(sr + j);
+      lane = (x > lane) | (x != x) ? x : lane;
+    }
+    float mx = -INFINITY;
+    for (int l = 0; l < kW; ++l) mx = lane[l] > mx || lane[l] != lane[l] ? lane[l] : mx;
+    if (mx == -INFINITY) {  // nothing visible in this tile for this row: P = 0
+      for (int64_t j = 0; j < kTileN; ++j) sr[j] = 0.0f;
+      continue;
+    }
+    const float m_new = mx > mrow[r] || mx != mx ? mx : mrow[r];
+    const float alpha = exp_nonpositive(mrow[r] - m_new);
+    for (int64_t j = 0; j < kTileN; ++j) sr[j] = exp_nonpositive(sr[j] - m_new);
+    vecw part = loadw(sr);
+    for (int64_t j = kW; j < kTileN; j += kW) part += loadw(sr + j);
+    float sum = 0.0f;
+    for (int l = 0; l < kW; ++l) sum += part[l];
+    lrow[r] = lrow[r] * alpha + sum;
+    mrow[r] = m_new;
+    if (alpha != 1.0f) {
+      float* ar = acc + r * d;
+      for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
+    }
+  }
+}
+
+// out rows of a finished block: acc / lrow per row (rows ordered (query, head-in-group) from
+// query q0 of key/value head hk); a row with no visible key (mrow still -inf) gives zeros.
+template <typename T>
+static inline void write_rows(const Problem<T>& pr, int64_t b, int64_t hk, int64_t q0, int64_t rows,
+                              const float* acc, const float* mrow, const float* lrow) {
+  const int64_t d = pr.d, g = pr.group;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = q0 + r / g, h = hk * g + r % g;
+    T* dst = pr.out + ((b * pr.lq + i) * pr.hq + h) * d;
+    const float inv = mrow[r] == -INFINITY ? 0.0f : 1.0f / lrow[r];
+    for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<T>(acc[r * d + c] * inv);
+  }
+}
+
 template <typename T>
 static inline void prefetch_rows(const T* base, int64_t stride, int64_t n, int64_t d) {
   const int64_t bytes = d * int64_t(sizeof(T));
@@ -212,37 +271,7 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
       for (; r + kRowBlock <= rows; r += kRowBlock) score_rows<kRowBlock>(qf + r * d, kt, kbias, s + r * kTileN, d);
       for (; r < rows; ++r) score_rows<1>(qf + r * d, kt, kbias, s + r * kTileN, d);
     }
-    // Online softmax: per row, the new max, the rescale factor of the running sums, P.
-    for (r = 0; r < rows; ++r) {
-      float* sr = s + r * kTileN;
-      // Hidden keys (padded, or past the tile's end) by select, not by the -inf bias alone: a NaN
-      // query times a zeroed key is NaN, and a query that sees no key gives zeros whatever it holds.
-      for (int64_t j = 0; j < kTileN; ++j) sr[j] = kbias[j] == 0.0f ? sr[j] : -INFINITY;
-      if (pr.causal) {
-        const int64_t last = offset + q0 + r / g - k0;  // last visible key of the tile
-        for (int64_t j = std::max<int64_t>(last + 1, 0); j < kTileN; ++j) sr[j] = -INFINITY;
-      }
-      // The max keeps a NaN score (a NaN query, key or scale): the row's output is then NaN.
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < kTileN; ++j) mx = sr[j] > mx || sr[j] != sr[j] ? sr[j] : mx;
-      if (mx == -INFINITY) {  // nothing visible in this tile for this row: P = 0
-        for (int64_t j = 0; j < kTileN; ++j) sr[j] = 0.0f;
-        continue;
-      }
-      const float m_new = mx > mrow[r] || mx != mx ? mx : mrow[r];
-      const float alpha = exp_nonpositive(mrow[r] - m_new);
-      float sum = 0.0f;
-      for (int64_t j = 0; j < kTileN; ++j) {
-        sr[j] = exp_nonpositive(sr[j] - m_new);
-        sum += sr[j];
-      }
-      lrow[r] = lrow[r] * alpha + sum;
-      mrow[r] = m_new;
-      if (alpha != 1.0f) {
-        float* ar = acc + r * d;
-        for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
-      }
-    }
+    softmax_tile(s, rows, kbias, 1.0f, pr.causal, offset + q0 - k0, g, mrow, lrow, acc, d);
     // acc += P V. On a tile that crosses the first row's causal horizon, each row stops at its
     // own horizon (fp32 V, key by key).
     const bool limited = pr.causal && offset + q0 - k0 + 1 < n;
@@ -271,10 +300,5 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
       pv_all<false>(s, v, ldv, acc, rows, n, d, nullptr);
     }
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t i = q0 + r / g, h = hk * g + r % g;
-    T* dst = pr.out + ((b * pr.lq + i) * pr.hq + h) * d;
-    const float inv = mrow[r] == -INFINITY ? 0.0f : 1.0f / lrow[r];  // no visible key: zeros
-    for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<T>(acc[r * d + c] * inv);
-  }
+  write_rows(pr, b, hk, q0, rows, acc, mrow, lrow);
 }
