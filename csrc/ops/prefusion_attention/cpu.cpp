@@ -144,7 +144,9 @@ static inline void transpose_block(const float* const* rows, int64_t c0, float* 
     _mm512_storeu_ps(dst + (m + 12) * ldd, _mm512_shuffle_f32x4(y, y2, 0xDD));
   }
 }
+#define LMINI_LANES_AVX512 1
 #include "cpu_tile_body.h"
+#undef LMINI_LANES_AVX512
 #if LMINI_HAVE_BF16_KERNELS
 #include "cpu_amx.h"
 #endif

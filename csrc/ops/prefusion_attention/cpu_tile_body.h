@@ -115,6 +115,32 @@ static inline void pv_all(const float* s, const float* v, int64_t ldv, float* ac
   for (; r < rows; ++r) pv_rows<1, Limited>(s + r * kTileN, v, ldv, acc + r * d, n, d, Limited ? lim + r : nullptr);
 }
 
+// Max (a NaN lane wins) and sum over the kW lanes of a vector: AVX-512 reductions in that copy
+// (cpu.cpp defines LMINI_LANES_AVX512 around it), elsewhere trees of depth log2(kW) (a serial
+// scalar reduction of the lanes took half of the softmax's time).
+#ifdef LMINI_LANES_AVX512
+static inline float lanes_max(vecw v) {
+  const __m512 x = (__m512)v;
+  return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) != 0 ? NAN : _mm512_reduce_max_ps(x);
+}
+static inline float lanes_sum(vecw v) { return _mm512_reduce_add_ps((__m512)v); }
+#else
+static inline float lanes_max(vecw v) {
+  float a[kW];
+  std::memcpy(a, &v, sizeof(a));
+  for (int h = kW / 2; h >= 1; h /= 2)
+    for (int l = 0; l < h; ++l) a[l] = (a[l + h] > a[l]) | (a[l + h] != a[l + h]) ? a[l + h] : a[l];
+  return a[0];
+}
+static inline float lanes_sum(vecw v) {
+  float a[kW];
+  std::memcpy(a, &v, sizeof(a));
+  for (int h = kW / 2; h >= 1; h /= 2)
+    for (int l = 0; l < h; ++l) a[l] += a[l + h];
+  return a[0];
+}
+#endif
+
 // Online softmax of one score tile s (rows x kTileN, fp32), in place: hidden keys (kbias -inf:
 // padded, or past the tile's end) and, when causal, the keys past a row's horizon become -inf,
 // the other scores are multiplied by sscale (1 where they were scaled already); then per row the
@@ -138,8 +164,7 @@ static inline void softmax_tile(float* s, int64_t rows, const float* kbias, floa
       const vecw x = loadw(sr + j);
       lane = (x > lane) | (x != x) ? x : lane;
     }
-    float mx = -INFINITY;
-    for (int l = 0; l < kW; ++l) mx = lane[l] > mx || lane[l] != lane[l] ? lane[l] : mx;
+    const float mx = lanes_max(lane);
     if (mx == -INFINITY) {  // nothing visible in this tile for this row: P = 0
       for (int64_t j = 0; j < kTileN; ++j) sr[j] = 0.0f;
       continue;
@@ -149,8 +174,7 @@ static inline void softmax_tile(float* s, int64_t rows, const float* kbias, floa
     for (int64_t j = 0; j < kTileN; ++j) sr[j] = exp_nonpositive(sr[j] - m_new);
     vecw part = loadw(sr);
     for (int64_t j = kW; j < kTileN; j += kW) part += loadw(sr + j);
-    float sum = 0.0f;
-    for (int l = 0; l < kW; ++l) sum += part[l];
+    const float sum = lanes_sum(part);
     lrow[r] = lrow[r] * alpha + sum;
     mrow[r] = m_new;
     if (alpha != 1.0f) {

@@ -137,3 +137,14 @@ def test_bad_path_value_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     q = torch.zeros(1, 1, 1, 64)
     with pytest.raises(RuntimeError, match="LMINI_PREFUSION_CPU_PATH"):
         lmini_kernels.prefusion_attention(q, q, q, backend="cpu")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", CASES[:5], ids=lambda s: "x".join(map(str, s)))
+def test_vector_path_bf16(monkeypatch: pytest.MonkeyPatch, shape, causal: bool) -> None:
+    """LMINI_PREFUSION_CPU_PATH=vector keeps the tile body's bf16 path (vdpbf16ps where the CPU has
+    it) tested on a CPU whose default for bf16 is the AMX path."""
+    monkeypatch.setenv("LMINI_PREFUSION_CPU_PATH", "vector")
+    b, lq, lk, hq, hkv, d = shape
+    q, k, v, mask = make_inputs(b, lq, lk, hq, hkv, d, BF16)
+    assert_rows_close(run(q, k, v, mask, causal), reference(q, k, v, mask, causal))
