@@ -17,7 +17,8 @@
 // and V interleaved by pairs of keys, and both products run as bf16 dot products. The next
 // tile's K and V rows are prefetched while the current one is computed (rows of one head are
 // Hkv * d elements apart: a page apart at the 7B shape, which the hardware prefetcher does
-// not follow).
+// not follow). The online softmax of a tile (softmax_tile) is also the AMX path's (cpu_amx.h,
+// included after this file in the AVX-512 copy only).
 
 // kW floats: one register of this copy's ISA (16 with AVX-512, 8 with AVX2, 4 with SSE). A GCC
 // vector wider than the target's registers has no machine mode and every operation on it goes
