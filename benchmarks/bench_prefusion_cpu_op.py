@@ -4,11 +4,11 @@ Issue 16's CPU goal: ``lmini cpu`` >= 1.0x SDPA (explicit bottom-right causal bo
 threads, same run) at the suffix shape (Lq 44 over Lk 620) with 8 and 32 heads, at full causal
 620 x 620 and for 64 frames (batch 64 at the suffix shape), in fp32 and bf16, on the AVX2 and
 AVX-512 copies (LMINI_CPU_ISA caps the ISA per call, so both run in one process on an AVX-512
-machine). Head dim 128; ``--gqa G`` gives K/V Hq / G heads (SDPA gets them repeated, as the
-model would). The providers of a case run in turn, ``--repeats`` times (a shared machine's
-load spreads over all of them); per row: median and min ms, GFLOP/s (4 * B * Hq * d * visible
-pairs over the median) and the ratio of SDPA's median to the row's median. The load average is
-printed before and after.
+machine; ``--vector`` adds the AVX-512 copy forced off the AMX path). Head dim 128; ``--gqa G``
+gives K/V Hq / G heads (SDPA gets them repeated, as the model would). The providers of a case
+run in turn, ``--repeats`` times (a shared machine's load spreads over all of them); per row:
+median and min ms, GFLOP/s (4 * B * Hq * d * visible pairs over the median) and the ratio of
+SDPA's median to the row's median. The load average is printed before and after.
 """
 
 from __future__ import annotations
@@ -34,13 +34,18 @@ def _sdpa(q, k, v, mask):
     return o.transpose(1, 2)
 
 
-def _lmini(isa: str):
+def _lmini(isa: str, path: str = ""):
+    """The CPU op on the ``isa`` copy; ``path`` (amx|vector) sets LMINI_PREFUSION_CPU_PATH."""
+
     def fn(q, k, v, mask):
         os.environ["LMINI_CPU_ISA"] = isa
+        if path:
+            os.environ["LMINI_PREFUSION_CPU_PATH"] = path
         try:
             return prefusion_attention(q, k, v, backend="cpu")
         finally:
             del os.environ["LMINI_CPU_ISA"]
+            os.environ.pop("LMINI_PREFUSION_CPU_PATH", None)
 
     return fn
 
@@ -61,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--isas", default="avx512,avx2")
     ap.add_argument("--heads", default="8,32")
     ap.add_argument("--only", default="", help="run only the cases whose name contains this")
+    ap.add_argument("--vector", action="store_true", help="also the AVX-512 copy forced to the vector path (bf16)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
@@ -68,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'case':28s} {'dtype':9s} {'provider':14s} {'median ms':>10s} {'min ms':>9s} {'GFLOP/s':>8s} "
           f"{'vs sdpa':>8s}")  # fmt: skip
     providers = {"sdpa": _sdpa, **{f"lmini {isa}": _lmini(isa) for isa in args.isas.split(",")}}
+    if args.vector:
+        providers["lmini 512 vector"] = _lmini("avx512", "vector")
     with torch.no_grad():
         for case, b, lq, lk, h in _cases(args.frames, [int(x) for x in args.heads.split(",")]):
             if args.only and args.only not in case:

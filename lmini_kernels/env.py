@@ -21,6 +21,8 @@ VARIABLES: dict[str, str] = {
     "LMINI_POISON_OUTPUTS": "flag: fill every output with NaN before a kernel writes it (the tests set it)",
     "LMINI_NVTX": "flag, read at import: NVTX ranges around every op call and model stage",
     "LMINI_CPU_ISA": "value base|avx2: cap the vector ISA of the CPU kernels (default: the best the CPU has)",
+    "LMINI_PREFUSION_CPU_PATH": "value amx|vector: force the CPU prefusion_attention path for bf16 (default: AMX "
+    "brgemm where the CPU has AMX, on the AVX-512 copy; amx fails without AMX)",
     "LMINI_SKIP_CUDA": "build flag: do not build the CUDA kernels",
     "LMINI_FORCE_CUDA": "build flag: fail the build when the CUDA kernels cannot be built",
     "LMINI_BUILD_EMU": "build flag: also build the host SIMT module lmini_kernels._emu (development and tests)",

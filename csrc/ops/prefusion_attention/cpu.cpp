@@ -10,9 +10,15 @@
 // in tiles of kTileN = 64 with the online softmax; scores and P V are loops over 64 keys and
 // over d that the compiler vectorises: the tile body (cpu_tile_body.h) is compiled for
 // baseline x86-64, AVX2 and AVX-512, one copy picked per call by lmini/cpu/isa.h.
+// With bf16 inputs on the AVX-512 copy, an even d and AMX (torch's cpublas can pack bf16: oneDNN
+// brgemm runs on AMX tiles), both products run as brgemm micro-kernels instead (cpu_amx.h):
+// tasks are then (batch, kv head, range of query tiles) and K, V are packed once per task.
+// LMINI_PREFUSION_CPU_PATH=amx|vector forces a path (tests, measurements), read every call: amx
+// fails on a CPU without AMX; vector is the tile body's path (vdpbf16ps for bf16 where it can).
 // FLOPs: 4 * B * Hq * d * (visible pairs); bytes: q, k, v read once per query tile, out written.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/native/CPUBlas.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -20,9 +26,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <immintrin.h>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -37,6 +45,14 @@ namespace lmini::cpu {
 namespace {
 
 constexpr int64_t kTileN = 64;
+
+// C (m x n fp32, ldc) = or += A (m x k bf16, lda) B (k x n bf16 in VNNI pairs: B[k / 2][ldb][2]),
+// one oneDNN brgemm micro-kernel through torch's cpublas (AMX tiles; kernels cached per thread).
+inline void amx_gemm(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, bool add,
+                     const uint32_t* a, const uint32_t* b, float* c) {
+  at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, add, reinterpret_cast<const at::BFloat16*>(a),
+                              reinterpret_cast<const at::BFloat16*>(b), c, true);
+}
 
 template <typename T>
 struct Problem {
@@ -128,9 +144,55 @@ static inline void transpose_block(const float* const* rows, int64_t c0, float* 
     _mm512_storeu_ps(dst + (m + 12) * ldd, _mm512_shuffle_f32x4(y, y2, 0xDD));
   }
 }
+#define LMINI_LANES_AVX512 1
 #include "cpu_tile_body.h"
+#undef LMINI_LANES_AVX512
+#if LMINI_HAVE_BF16_KERNELS
+#include "cpu_amx.h"
+#endif
 }  // namespace isa_avx512
 #pragma GCC pop_options
+
+// Whether the AMX path (cpu_amx.h) runs: bf16 on the AVX-512 copy, d even, AMX present (torch can
+// pack bf16 for oneDNN's brgemm), unless LMINI_PREFUSION_CPU_PATH=vector; =amx requires AMX
+// (of bf16 inputs).
+template <typename T>
+bool use_amx(const Problem<T>& pr, Isa isa) {
+  const char* force = std::getenv("LMINI_PREFUSION_CPU_PATH");
+  const std::string path = force == nullptr ? "" : force;
+  TORCH_CHECK(path.empty() || path == "amx" || path == "vector",
+              "lmini::prefusion_attention (CPU): LMINI_PREFUSION_CPU_PATH must be amx or vector, not '", path, "'");
+  if (path == "vector" || !std::is_same_v<T, c10::BFloat16>) return false;
+#if LMINI_HAVE_BF16_KERNELS
+  const bool amx = at::native::cpublas::could_pack(at::kBFloat16) && bf16dp::cpu_has_avx512bf16();
+#else
+  const bool amx = false;
+#endif
+  TORCH_CHECK(path != "amx" || amx,
+              "lmini::prefusion_attention (CPU): LMINI_PREFUSION_CPU_PATH=amx, but this CPU (or torch's oneDNN) "
+              "has no AMX bf16");
+  return amx && isa == Isa::avx512 && pr.d % 2 == 0;
+}
+
+#if LMINI_HAVE_BF16_KERNELS
+void run_amx(const Problem<c10::BFloat16>& pr, int64_t batch, HalfRowFn half_fn) {
+  const int64_t bm = std::max<int64_t>(1, 64 / pr.group);  // queries per block: rows = bm * group
+  const int64_t qtiles = (pr.lq + bm - 1) / bm;
+  // Whole heads per task where that gives every thread 4 tasks, else heads split by query tiles.
+  const int64_t heads = batch * pr.hkv, threads = at::get_num_threads();
+  const int64_t chunks = std::min(qtiles, std::max<int64_t>(1, (4 * threads + heads - 1) / heads));
+  const int64_t tiles = (pr.lk + kTileN - 1) / kTileN;
+  at::parallel_for(0, heads * chunks, 1, [&](int64_t begin, int64_t end) {
+    isa_avx512::AmxScratch scratch(tiles, bm * pr.group, pr.d);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c = t % chunks, hk = (t / chunks) % pr.hkv, b = t / (chunks * pr.hkv);
+      const int64_t qa = c * qtiles / chunks * bm, qz = std::min(pr.lq, (c + 1) * qtiles / chunks * bm);
+      if (qa < qz) isa_avx512::attention_task_amx(pr, b, hk, qa, qz, bm, scratch, half_fn);
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+}
+#endif
 
 template <typename T>
 void run(const Problem<T>& pr, int64_t batch) {
@@ -145,6 +207,15 @@ void run(const Problem<T>& pr, int64_t batch) {
       2 * rows * pr.d + 3 * kTileN * pr.d + rows * kTileN * 3 / 2 + 2 * rows + pr.d + 2 + 2 * rows;
   const Isa isa = cpu_isa();
   const HalfRowFn half_fn = pick_half_row_fn(isa != Isa::base);
+#if LMINI_HAVE_BF16_KERNELS
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (use_amx(pr, isa)) return run_amx(pr, batch, half_fn);
+  } else {
+    use_amx(pr, isa);  // checks the switch's value
+  }
+#else
+  use_amx(pr, isa);
+#endif
   // bf16 dot products (cpu_bf16.h) for bf16 inputs on the AVX-512 copy of a CPU with avx512_bf16
   bool dp = false;
 #if LMINI_HAVE_BF16_KERNELS

@@ -138,16 +138,19 @@ LMINI_TARGET_AVX512BF16 inline void round_p(const float* p, int64_t rows, uint32
 }
 
 // vp[t, :] = interleave(rows[2t], rows[2t + 1]) for t < npairs; rows[j] are bf16 rows of d
-// (a zero row for a hidden key or past the tile's end).
+// (a zero row for a hidden key or past the tile's end). Also the VNNI layout of V for the AMX
+// path (cpu_amx.h), which takes any even d.
 LMINI_TARGET_AVX512BF16 inline void pack_v(const uint16_t* const* rows, int64_t npairs, int64_t d, uint32_t* vp) {
   for (int64_t t = 0; t < npairs; ++t) {
     const uint16_t *a = rows[2 * t], *b = rows[2 * t + 1];
     uint32_t* dst = vp + t * d;
-    for (int64_t c = 0; c < d; c += 16) {
+    int64_t c = 0;
+    for (; c + 16 <= d; c += 16) {
       const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c)));
       const __m512i hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + c)));
       _mm512_storeu_si512(dst + c, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
     }
+    for (; c < d; ++c) dst[c] = uint32_t(a[c]) | uint32_t(b[c]) << 16;  // d not a multiple of 16 (AMX path)
   }
 }
 

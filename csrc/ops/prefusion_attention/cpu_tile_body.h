@@ -17,7 +17,8 @@
 // and V interleaved by pairs of keys, and both products run as bf16 dot products. The next
 // tile's K and V rows are prefetched while the current one is computed (rows of one head are
 // Hkv * d elements apart: a page apart at the 7B shape, which the hardware prefetcher does
-// not follow).
+// not follow). The online softmax of a tile (softmax_tile) is also the AMX path's (cpu_amx.h,
+// included after this file in the AVX-512 copy only).
 
 // kW floats: one register of this copy's ISA (16 with AVX-512, 8 with AVX2, 4 with SSE). A GCC
 // vector wider than the target's registers has no machine mode and every operation on it goes
@@ -113,6 +114,89 @@ static inline void pv_all(const float* s, const float* v, int64_t ldv, float* ac
   for (; r + kRowBlock <= rows; r += kRowBlock)
     pv_rows<kRowBlock, Limited>(s + r * kTileN, v, ldv, acc + r * d, n, d, Limited ? lim + r : nullptr);
   for (; r < rows; ++r) pv_rows<1, Limited>(s + r * kTileN, v, ldv, acc + r * d, n, d, Limited ? lim + r : nullptr);
+}
+
+// Max (a NaN lane wins) and sum over the kW lanes of a vector: AVX-512 reductions in that copy
+// (cpu.cpp defines LMINI_LANES_AVX512 around it), elsewhere trees of depth log2(kW) (a serial
+// scalar reduction of the lanes took half of the softmax's time).
+#ifdef LMINI_LANES_AVX512
+static inline float lanes_max(vecw v) {
+  const __m512 x = (__m512)v;
+  return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q) != 0 ? NAN : _mm512_reduce_max_ps(x);
+}
+static inline float lanes_sum(vecw v) { return _mm512_reduce_add_ps((__m512)v); }
+#else
+static inline float lanes_max(vecw v) {
+  float a[kW];
+  std::memcpy(a, &v, sizeof(a));
+  for (int h = kW / 2; h >= 1; h /= 2)
+    for (int l = 0; l < h; ++l) a[l] = (a[l + h] > a[l]) | (a[l + h] != a[l + h]) ? a[l + h] : a[l];
+  return a[0];
+}
+static inline float lanes_sum(vecw v) {
+  float a[kW];
+  std::memcpy(a, &v, sizeof(a));
+  for (int h = kW / 2; h >= 1; h /= 2)
+    for (int l = 0; l < h; ++l) a[l] += a[l + h];
+  return a[0];
+}
+#endif
+
+// Online softmax of one score tile s (rows x kTileN, fp32), in place: hidden keys (kbias -inf:
+// padded, or past the tile's end) and, when causal, the keys past a row's horizon become -inf,
+// the other scores are multiplied by sscale (1 where they were scaled already); then per row the
+// new max, the rescale of the running sum lrow and of the accumulators acc (rows x d), and P.
+// last0: the tile's last visible key of row 0 (causal); row r's is last0 + r / g.
+static inline void softmax_tile(float* s, int64_t rows, const float* kbias, float sscale, bool causal,
+                                int64_t last0, int64_t g, float* mrow, float* lrow, float* acc, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sr = s + r * kTileN;
+    // Hidden keys by select, not by the -inf bias alone: a NaN query times a zeroed key is NaN,
+    // and a query that sees no key gives zeros whatever it holds.
+    for (int64_t j = 0; j < kTileN; ++j) sr[j] = kbias[j] == 0.0f ? sr[j] * sscale : -INFINITY;
+    if (causal) {
+      const int64_t last = last0 + r / g;  // last visible key of the tile
+      for (int64_t j = std::max<int64_t>(last + 1, 0); j < kTileN; ++j) sr[j] = -INFINITY;
+    }
+    // The max keeps a NaN score (a NaN query, key or scale): the row's output is then NaN. Per
+    // lane first (kW-float vectors), then over the lanes.
+    vecw lane = loadw(sr);
+    for (int64_t j = kW; j < kTileN; j += kW) {
+      const vecw x = loadw(sr + j);
+      lane = (x > lane) | (x != x) ? x : lane;
+    }
+    const float mx = lanes_max(lane);
+    if (mx == -INFINITY) {  // nothing visible in this tile for this row: P = 0
+      for (int64_t j = 0; j < kTileN; ++j) sr[j] = 0.0f;
+      continue;
+    }
+    const float m_new = mx > mrow[r] || mx != mx ? mx : mrow[r];
+    const float alpha = exp_nonpositive(mrow[r] - m_new);
+    for (int64_t j = 0; j < kTileN; ++j) sr[j] = exp_nonpositive(sr[j] - m_new);
+    vecw part = loadw(sr);
+    for (int64_t j = kW; j < kTileN; j += kW) part += loadw(sr + j);
+    const float sum = lanes_sum(part);
+    lrow[r] = lrow[r] * alpha + sum;
+    mrow[r] = m_new;
+    if (alpha != 1.0f) {
+      float* ar = acc + r * d;
+      for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
+    }
+  }
+}
+
+// out rows of a finished block: acc / lrow per row (rows ordered (query, head-in-group) from
+// query q0 of key/value head hk); a row with no visible key (mrow still -inf) gives zeros.
+template <typename T>
+static inline void write_rows(const Problem<T>& pr, int64_t b, int64_t hk, int64_t q0, int64_t rows,
+                              const float* acc, const float* mrow, const float* lrow) {
+  const int64_t d = pr.d, g = pr.group;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = q0 + r / g, h = hk * g + r % g;
+    T* dst = pr.out + ((b * pr.lq + i) * pr.hq + h) * d;
+    const float inv = mrow[r] == -INFINITY ? 0.0f : 1.0f / lrow[r];
+    for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<T>(acc[r * d + c] * inv);
+  }
 }
 
 template <typename T>
@@ -212,37 +296,7 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
       for (; r + kRowBlock <= rows; r += kRowBlock) score_rows<kRowBlock>(qf + r * d, kt, kbias, s + r * kTileN, d);
       for (; r < rows; ++r) score_rows<1>(qf + r * d, kt, kbias, s + r * kTileN, d);
     }
-    // Online softmax: per row, the new max, the rescale factor of the running sums, P.
-    for (r = 0; r < rows; ++r) {
-      float* sr = s + r * kTileN;
-      // Hidden keys (padded, or past the tile's end) by select, not by the -inf bias alone: a NaN
-      // query times a zeroed key is NaN, and a query that sees no key gives zeros whatever it holds.
-      for (int64_t j = 0; j < kTileN; ++j) sr[j] = kbias[j] == 0.0f ? sr[j] : -INFINITY;
-      if (pr.causal) {
-        const int64_t last = offset + q0 + r / g - k0;  // last visible key of the tile
-        for (int64_t j = std::max<int64_t>(last + 1, 0); j < kTileN; ++j) sr[j] = -INFINITY;
-      }
-      // The max keeps a NaN score (a NaN query, key or scale): the row's output is then NaN.
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < kTileN; ++j) mx = sr[j] > mx || sr[j] != sr[j] ? sr[j] : mx;
-      if (mx == -INFINITY) {  // nothing visible in this tile for this row: P = 0
-        for (int64_t j = 0; j < kTileN; ++j) sr[j] = 0.0f;
-        continue;
-      }
-      const float m_new = mx > mrow[r] || mx != mx ? mx : mrow[r];
-      const float alpha = exp_nonpositive(mrow[r] - m_new);
-      float sum = 0.0f;
-      for (int64_t j = 0; j < kTileN; ++j) {
-        sr[j] = exp_nonpositive(sr[j] - m_new);
-        sum += sr[j];
-      }
-      lrow[r] = lrow[r] * alpha + sum;
-      mrow[r] = m_new;
-      if (alpha != 1.0f) {
-        float* ar = acc + r * d;
-        for (int64_t c = 0; c < d; ++c) ar[c] *= alpha;
-      }
-    }
+    softmax_tile(s, rows, kbias, 1.0f, pr.causal, offset + q0 - k0, g, mrow, lrow, acc, d);
     // acc += P V. On a tile that crosses the first row's causal horizon, each row stops at its
     // own horizon (fp32 V, key by key).
     const bool limited = pr.causal && offset + q0 - k0 + 1 < n;
@@ -271,10 +325,5 @@ static void attention_task(const Problem<T>& pr, int64_t b, int64_t hk, int64_t 
       pv_all<false>(s, v, ldv, acc, rows, n, d, nullptr);
     }
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t i = q0 + r / g, h = hk * g + r % g;
-    T* dst = pr.out + ((b * pr.lq + i) * pr.hq + h) * d;
-    const float inv = mrow[r] == -INFINITY ? 0.0f : 1.0f / lrow[r];  // no visible key: zeros
-    for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<T>(acc[r * d + c] * inv);
-  }
+  write_rows(pr, b, hk, q0, rows, acc, mrow, lrow);
 }
