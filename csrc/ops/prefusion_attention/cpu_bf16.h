@@ -70,46 +70,35 @@ LMINI_TARGET_AVX512BF16 inline void scores(const uint32_t* qw, int64_t rows, con
   }
 }
 
-// acc[r, :] += sum_t pw[r, t] . vp[t, :] over npairs key pairs, for R rows; d % 32 == 0.
+// acc[r, c0 .. c0 + 16U) += sum_t pw[r, t] . vp[t, c0 ..] over npairs key pairs, for R rows:
+// one strip of U vectors of columns, R x U accumulators.
+template <int R, int U>
+LMINI_TARGET_AVX512BF16 static inline void pv_strip(const uint32_t* pw, const uint32_t* vp, float* acc,
+                                                    int64_t npairs, int64_t d, int64_t c0) {
+  __m512 a[R][U];
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u) a[r][u] = _mm512_loadu_ps(acc + r * d + c0 + 16 * u);
+  for (int64_t t = 0; t < npairs; ++t) {
+    const uint32_t* vr = vp + t * d + c0;
+    __m512i v[U];
+    for (int u = 0; u < U; ++u) v[u] = _mm512_loadu_si512(vr + 16 * u);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh pb = as_bh(_mm512_set1_epi32(int(pw[r * (kTile / 2) + t])));
+      for (int u = 0; u < U; ++u) a[r][u] = _mm512_dpbf16_ps(a[r][u], pb, as_bh(v[u]));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int u = 0; u < U; ++u) _mm512_storeu_ps(acc + r * d + c0 + 16 * u, a[r][u]);
+}
+
+// acc[r, :] += sum_t pw[r, t] . vp[t, :] over npairs key pairs, for R rows; d % 32 == 0:
+// strips of 64 columns, then one of 32.
 template <int R>
 LMINI_TARGET_AVX512BF16 static inline void pv_block(const uint32_t* pw, const uint32_t* vp, float* acc,
                                                     int64_t npairs, int64_t d) {
   int64_t c0 = 0;
-  for (; c0 + 64 <= d; c0 += 64) {
-    __m512 a[R][4];
-    for (int r = 0; r < R; ++r)
-      for (int u = 0; u < 4; ++u) a[r][u] = _mm512_loadu_ps(acc + r * d + c0 + 16 * u);
-    for (int64_t t = 0; t < npairs; ++t) {
-      const uint32_t* vr = vp + t * d + c0;
-      const __m512i v0 = _mm512_loadu_si512(vr), v1 = _mm512_loadu_si512(vr + 16);
-      const __m512i v2 = _mm512_loadu_si512(vr + 32), v3 = _mm512_loadu_si512(vr + 48);
-      for (int r = 0; r < R; ++r) {
-        const __m512bh pb = as_bh(_mm512_set1_epi32(int(pw[r * (kTile / 2) + t])));
-        a[r][0] = _mm512_dpbf16_ps(a[r][0], pb, as_bh(v0));
-        a[r][1] = _mm512_dpbf16_ps(a[r][1], pb, as_bh(v1));
-        a[r][2] = _mm512_dpbf16_ps(a[r][2], pb, as_bh(v2));
-        a[r][3] = _mm512_dpbf16_ps(a[r][3], pb, as_bh(v3));
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int u = 0; u < 4; ++u) _mm512_storeu_ps(acc + r * d + c0 + 16 * u, a[r][u]);
-  }
-  for (; c0 < d; c0 += 32) {
-    __m512 a[R][2];
-    for (int r = 0; r < R; ++r)
-      for (int u = 0; u < 2; ++u) a[r][u] = _mm512_loadu_ps(acc + r * d + c0 + 16 * u);
-    for (int64_t t = 0; t < npairs; ++t) {
-      const uint32_t* vr = vp + t * d + c0;
-      const __m512i v0 = _mm512_loadu_si512(vr), v1 = _mm512_loadu_si512(vr + 16);
-      for (int r = 0; r < R; ++r) {
-        const __m512bh pb = as_bh(_mm512_set1_epi32(int(pw[r * (kTile / 2) + t])));
-        a[r][0] = _mm512_dpbf16_ps(a[r][0], pb, as_bh(v0));
-        a[r][1] = _mm512_dpbf16_ps(a[r][1], pb, as_bh(v1));
-      }
-    }
-    for (int r = 0; r < R; ++r)
-      for (int u = 0; u < 2; ++u) _mm512_storeu_ps(acc + r * d + c0 + 16 * u, a[r][u]);
-  }
+  for (; c0 + 64 <= d; c0 += 64) pv_strip<R, 4>(pw, vp, acc, npairs, d, c0);
+  for (; c0 < d; c0 += 32) pv_strip<R, 2>(pw, vp, acc, npairs, d, c0);
 }
 
 LMINI_TARGET_AVX512BF16 inline void pv(const uint32_t* pw, int64_t rows, const uint32_t* vp, float* acc,
